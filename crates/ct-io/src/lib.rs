@@ -1,0 +1,24 @@
+//! `ct-io`: the bottom of lungseg. Reads, validates, reorients and writes CT volumes (NIfTI-1) and
+//! MSD task folders, so every later stage sees one geometry-aware `Volume`; also holds the shared
+//! config loader and the synthetic chest-CT phantoms the pipeline and the tests run on.
+//!
+//! ```no_run
+//! let volume = ct_io::read_volume(std::path::Path::new("lung_001.nii.gz"))?;
+//! let to_ras = ct_io::Reorientation::to_canonical(&volume.geometry);
+//! let canonical = to_ras.apply(volume.data.view()); // slice k = 0 is the inferior end
+//! # Ok::<(), ct_io::Error>(())
+//! ```
+
+pub mod atomic;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod geometry;
+pub mod nii;
+pub mod phantom;
+pub mod task;
+
+pub use error::{Error, Result};
+pub use geometry::{Geometry, Reorientation};
+pub use nii::{Datatype, ReadOptions, Volume, read_volume, read_volume_with, write_volume};
+pub use task::{Case, Task, read_task};
