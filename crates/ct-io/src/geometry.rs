@@ -469,9 +469,11 @@ mod tests {
             let mut g = Geometry::from_affine([7, 8, 9], a);
             g.nifti.sform_code = 0;
             let q = Geometry::from_nifti([7, 8, 9], g.nifti.clone());
-            let written = Geometry::from_affine([7, 8, 9], a);
-            assert!(q.affine_difference(&written) < 1e-5, "{code}");
-            assert!(written.affine == a, "{code}");
+            let worst = (0..3)
+                .flat_map(|r| (0..4).map(move |c| (r, c)))
+                .map(|(r, c)| (q.affine[r][c] - a[r][c]).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-4, "{code}: off by {worst}");
         }
     }
 
