@@ -70,17 +70,6 @@ pub fn read_task(root: &Path) -> Result<Task> {
     };
     training.sort_by(|a, b| a.id.cmp(&b.id));
     test.sort_by(|a, b| a.id.cmp(&b.id));
-    for list in [&training, &test] {
-        let mut seen = BTreeSet::new();
-        for case in list {
-            if !seen.insert(&case.id) {
-                return Err(Error::invalid(
-                    root,
-                    format!("case id {} appears twice", case.id),
-                ));
-            }
-        }
-    }
     Ok(Task {
         root: root.to_path_buf(),
         training,
@@ -117,6 +106,8 @@ fn from_dataset_json(root: &Path, json_path: &Path) -> Result<(Vec<Case>, Vec<Ca
             label: None,
         });
     }
+    check_unique(&training, json_path)?;
+    check_unique(&test, json_path)?;
     for case in training.iter().chain(&test) {
         for file in std::iter::once(&case.image).chain(&case.label) {
             if !file.is_file() {
@@ -157,8 +148,24 @@ fn from_folders(root: &Path) -> Result<(Vec<Case>, Vec<Case>)> {
                 label: None,
             });
         }
+        check_unique(&test, &test_dir)?;
     }
+    check_unique(&training, &root.join("imagesTr"))?;
     Ok((training, test))
+}
+
+/// Refuses two cases with one id (e.g. `lung_001.nii` beside `lung_001.nii.gz`).
+fn check_unique(cases: &[Case], source: &Path) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for case in cases {
+        if !seen.insert(&case.id) {
+            return Err(Error::invalid(
+                source,
+                format!("case id {} appears twice", case.id),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The NIfTI files of a folder, without hidden or AppleDouble files, sorted by name.
