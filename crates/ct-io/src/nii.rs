@@ -371,7 +371,8 @@ fn read_values(
     big_endian: bool,
 ) -> io::Result<Vec<f32>> {
     let width = datatype.bytes();
-    let mut out = Vec::with_capacity(count);
+    // Grow with the data rather than trust the header: a gzip stream's length is unknown until read.
+    let mut out = Vec::with_capacity(count.min(1 << 26));
     let mut buf = vec![0u8; (CHUNK_BYTES / width) * width];
     let mut remaining = count * width;
     while remaining > 0 {

@@ -375,3 +375,35 @@ fn ct_info_counts_label_foreground() {
     assert_eq!(json["orientation"], "LPS");
     assert_eq!(Datatype::U8.code(), 2);
 }
+
+#[test]
+fn no_header_corruption_makes_the_reader_panic() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let base = crafted(dir.path(), "base.nii", |_| {});
+    let bytes = std::fs::read(&base).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+    let (mut ok, mut refused) = (0, 0);
+    for n in 0..1500 {
+        let mut mutated = bytes.clone();
+        for _ in 0..rng.random_range(1..6) {
+            let at = rng.random_range(0..352);
+            mutated[at] = rng.random();
+        }
+        if rng.random_bool(0.2) {
+            mutated.truncate(rng.random_range(0..mutated.len()));
+        }
+        let name = if n % 2 == 0 { "m.nii" } else { "m.nii.gz" };
+        let path = dir.path().join(name);
+        let out = if n % 2 == 0 { mutated } else { gzip(&mutated) };
+        std::fs::write(&path, out).unwrap();
+        match read_volume(&path) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(e.to_string().contains(name), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(ok > 0 && refused > 0, "{ok} read, {refused} refused");
+}
