@@ -353,7 +353,7 @@ impl Reorientation {
     }
 
     /// Voxel data in canonical order (Fortran layout, so each axial slice is contiguous).
-    pub fn apply<T: Clone + Default>(&self, original: ArrayView3<T>) -> Array3<T> {
+    pub fn apply<T: Clone>(&self, original: ArrayView3<T>) -> Array3<T> {
         assert_eq!(original.shape(), self.original_shape, "shape mismatch");
         let mut view = original.permuted_axes(self.permutation);
         for a in 0..3 {
@@ -365,7 +365,7 @@ impl Reorientation {
     }
 
     /// Voxel data back in the original order: the exact inverse of [`Reorientation::apply`].
-    pub fn restore<T: Clone + Default>(&self, canonical: ArrayView3<T>) -> Array3<T> {
+    pub fn restore<T: Clone>(&self, canonical: ArrayView3<T>) -> Array3<T> {
         assert_eq!(
             canonical.shape(),
             self.canonical_shape(),
@@ -402,11 +402,12 @@ impl Reorientation {
     }
 }
 
-fn to_fortran<T: Clone + Default>(view: ArrayView3<T>) -> Array3<T> {
-    let shape = view.raw_dim();
-    let mut out = Array3::<T>::default((shape[0], shape[1], shape[2]).f());
-    out.assign(&view);
-    out
+/// Copies a (permuted, flipped) view into a new Fortran-layout array. Walking the transposed view
+/// in logical order visits the output in memory order, so writes are sequential.
+fn to_fortran<T: Clone>(view: ArrayView3<T>) -> Array3<T> {
+    let (a, b, c) = view.dim();
+    let values: Vec<T> = view.t().iter().cloned().collect();
+    Array3::from_shape_vec((a, b, c).f(), values).expect("same number of elements")
 }
 
 fn matmul(a: &Affine, b: &Affine) -> Affine {

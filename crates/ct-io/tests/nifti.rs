@@ -194,72 +194,83 @@ fn bad_files_are_refused_with_the_file_and_the_reason() {
     std::fs::write(&empty, b"").unwrap();
     refused(&empty, "shorter than a NIfTI-1 header");
 
-    refused(
-        &crafted(d, "magic.nii", |b| b[344..348].copy_from_slice(b"xyz\0")),
-        "magic",
-    );
-    refused(
-        &crafted(d, "pair.nii", |b| b[344..348].copy_from_slice(b"ni1\0")),
-        "magic",
-    );
-    refused(
-        &crafted(d, "sizeof.nii", |b| {
-            b[0..4].copy_from_slice(&100i32.to_le_bytes())
-        }),
-        "not a NIfTI-1 file",
-    );
-    refused(
-        &crafted(d, "nifti2.nii", |b| {
-            b[0..4].copy_from_slice(&540i32.to_le_bytes())
-        }),
-        "NIfTI-2",
-    );
-    refused(
-        &crafted(d, "offset.nii.gz", |b| put_f32(b, 108, 100.0)),
-        "vox_offset",
-    );
-    refused(
-        &crafted(d, "offset2.nii", |b| put_f32(b, 108, 352.5)),
-        "vox_offset",
-    );
-    refused(
-        &crafted(d, "offset3.nii", |b| put_f32(b, 108, f32::NAN)),
-        "vox_offset",
-    );
-    refused(
-        &crafted(d, "complex.nii", |b| put_i16(b, 70, 32)),
-        "unsupported datatype 32 (complex64)",
-    );
-    refused(
-        &crafted(d, "rgb.nii.gz", |b| put_i16(b, 70, 128)),
-        "unsupported datatype",
-    );
-    refused(
-        &crafted(d, "4d.nii", |b| {
-            put_i16(b, 40, 4);
-            put_i16(b, 48, 3);
-        }),
-        "4D",
-    );
-    refused(&crafted(d, "2d.nii", |b| put_i16(b, 40, 2)), "2D");
-    refused(&crafted(d, "dim0.nii", |b| put_i16(b, 40, 9)), "dim[0]");
-    refused(&crafted(d, "zero.nii", |b| put_i16(b, 44, 0)), "dimensions");
-    refused(
-        &crafted(d, "negative.nii", |b| put_i16(b, 44, -3)),
-        "dimensions",
-    );
-    refused(
-        &crafted(d, "pixdim.nii", |b| put_f32(b, 80, 0.0)),
-        "voxel size",
-    );
-    refused(
-        &crafted(d, "affine.nii", |b| {
-            for n in 0..12 {
-                put_f32(b, 280 + 4 * n, 0.0);
-            }
-        }),
-        "degenerate",
-    );
+    type Patch = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Patch, &str)> = vec![
+        (
+            "magic.nii",
+            Box::new(|b| b[344..348].copy_from_slice(b"xyz\0")),
+            "magic",
+        ),
+        (
+            "pair.nii",
+            Box::new(|b| b[344..348].copy_from_slice(b"ni1\0")),
+            "magic",
+        ),
+        (
+            "sizeof.nii",
+            Box::new(|b| b[0..4].copy_from_slice(&100i32.to_le_bytes())),
+            "not a NIfTI-1 file",
+        ),
+        (
+            "nifti2.nii",
+            Box::new(|b| b[0..4].copy_from_slice(&540i32.to_le_bytes())),
+            "NIfTI-2",
+        ),
+        (
+            "offset.nii.gz",
+            Box::new(|b| put_f32(b, 108, 100.0)),
+            "vox_offset",
+        ),
+        (
+            "offset2.nii",
+            Box::new(|b| put_f32(b, 108, 352.5)),
+            "vox_offset",
+        ),
+        (
+            "offset3.nii",
+            Box::new(|b| put_f32(b, 108, f32::NAN)),
+            "vox_offset",
+        ),
+        (
+            "complex.nii",
+            Box::new(|b| put_i16(b, 70, 32)),
+            "unsupported datatype 32 (complex64)",
+        ),
+        (
+            "rgb.nii.gz",
+            Box::new(|b| put_i16(b, 70, 128)),
+            "unsupported datatype",
+        ),
+        (
+            "4d.nii",
+            Box::new(|b| {
+                put_i16(b, 40, 4);
+                put_i16(b, 48, 3)
+            }),
+            "4D",
+        ),
+        ("2d.nii", Box::new(|b| put_i16(b, 40, 2)), "2D"),
+        ("dim0.nii", Box::new(|b| put_i16(b, 40, 9)), "dim[0]"),
+        ("zero.nii", Box::new(|b| put_i16(b, 44, 0)), "dimensions"),
+        (
+            "negative.nii",
+            Box::new(|b| put_i16(b, 44, -3)),
+            "dimensions",
+        ),
+        (
+            "pixdim.nii",
+            Box::new(|b| put_f32(b, 80, 0.0)),
+            "voxel size",
+        ),
+        (
+            "affine.nii",
+            Box::new(|b| (0..12).for_each(|n| put_f32(b, 280 + 4 * n, 0.0))),
+            "degenerate",
+        ),
+    ];
+    for (name, patch, needle) in cases {
+        refused(&crafted(d, name, patch), needle);
+    }
 }
 
 #[test]
