@@ -438,7 +438,7 @@ fn branch(
     radius: f64,
     kind: Tube,
 ) {
-    if radius < 0.6 || length < 4.0 {
+    if radius < 0.5 || length < 3.0 {
         return;
     }
     let end = [0, 1, 2].map(|d| start[d] + dir[d] * length);
@@ -448,8 +448,8 @@ fn branch(
         let mut next = [0, 1, 2].map(|d| dir[d] + 0.6 * jitter[d]);
         let n = next.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-9);
         next = next.map(|v| v / n);
-        let next_length = length * rng.random_range(0.65..0.85);
-        branch(canvas, rng, end, next, next_length, radius * 0.72, kind);
+        let next_length = length * rng.random_range(0.7..0.9);
+        branch(canvas, rng, end, next, next_length, radius * 0.78, kind);
     }
 }
 
@@ -526,7 +526,7 @@ pub fn generate_case(config: &SynthConfig, index: usize) -> Phantom {
             anatomy.carina_z - 30.0,
         ];
         canvas.tube(carina, hilum, 5.5, Tube::MainBronchus);
-        let trees = [[Tube::Vessel; 6].as_slice(), &[Tube::Airway; 2]].concat();
+        let trees = [[Tube::Vessel; 10].as_slice(), &[Tube::Airway; 3]].concat();
         for kind in trees {
             let mut dir = random_unit(&mut rng);
             dir[0] = side * dir[0].abs().max(0.4);
