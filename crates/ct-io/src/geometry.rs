@@ -352,8 +352,9 @@ impl Reorientation {
         out
     }
 
-    /// Voxel data in canonical order (Fortran layout, so each axial slice is contiguous).
-    pub fn apply<T: Clone>(&self, original: ArrayView3<T>) -> Array3<T> {
+    /// The volume seen in canonical order, without copying: `view.index_axis(Axis(2), k)` is axial
+    /// slice k counted from the inferior end.
+    pub fn canonical_view<'a, T>(&self, original: ArrayView3<'a, T>) -> ArrayView3<'a, T> {
         assert_eq!(original.shape(), self.original_shape, "shape mismatch");
         let mut view = original.permuted_axes(self.permutation);
         for a in 0..3 {
@@ -361,7 +362,12 @@ impl Reorientation {
                 view.invert_axis(ndarray::Axis(a));
             }
         }
-        to_fortran(view)
+        view
+    }
+
+    /// Voxel data in canonical order (Fortran layout, so each axial slice is contiguous).
+    pub fn apply<T: Clone>(&self, original: ArrayView3<T>) -> Array3<T> {
+        to_fortran(self.canonical_view(original))
     }
 
     /// Voxel data back in the original order: the exact inverse of [`Reorientation::apply`].

@@ -1,0 +1,375 @@
+//! `ct-preprocess`: the preprocessing stage. Turns the labelled CTs of an MSD task folder into a
+//! dataset of normalised 2D axial slices (`.npy`: f32 images, u8 masks) and one manifest that
+//! lists every slice and records, per case, how to put a prediction back into the CT's geometry.
+//!
+//! Per case: read and check image and label (`ct-io`), view both in canonical RAS order, drop the
+//! inferior crop (never tumour, never most of a short volume), normalise, resize each slice, write
+//! into a temporary folder and rename it into place. Cases run in parallel (a bounded number at
+//! once, so memory stays bounded), slices within a case too. A rerun skips cases whose input files
+//! and slice settings are unchanged.
+
+pub mod manifest;
+pub mod settings;
+pub mod slices;
+pub mod split;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use ct_io::config::Config;
+use ct_io::nii::ReadOptions;
+use ct_io::task::{Case, check_label_matches};
+use ct_io::{Reorientation, read_task, read_volume_with};
+use ndarray::{Array2, Axis};
+use ndarray_npy::WriteNpyExt;
+use rayon::prelude::*;
+
+use manifest::{
+    CASE_FILE, CASES_DIR, CaseInfo, CaseRecord, FailedCase, FileStamp, MANIFEST_FILE, Manifest,
+    ManifestCase, ManifestSlice, PREPROCESSED_DIR, SliceFiles, SliceSettings,
+};
+use settings::PreprocessConfig;
+use slices::{axial_slice, decide_crop, resize_bilinear, resize_nearest};
+use split::SplitRecord;
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub manifest: PathBuf,
+    pub processed: usize,
+    pub reused: usize,
+    pub failed: Vec<FailedCase>,
+    pub slices: usize,
+    /// Bytes of the input files of the cases processed (not reused).
+    pub input_bytes: u64,
+    pub seconds: f64,
+}
+
+/// The stage as its binary runs it: `[paths]` and `[preprocess]` from the config.
+pub fn run(config: &Config) -> anyhow::Result<Summary> {
+    let paths = config.paths()?;
+    let settings: PreprocessConfig = config.section()?;
+    let task = read_task(&paths.data_dir)?;
+    anyhow::ensure!(
+        !task.training.is_empty(),
+        "{}: the task has no labelled cases",
+        paths.data_dir.display()
+    );
+    let ids: Vec<String> = task.training.iter().map(|c| c.id.clone()).collect();
+    let split = SplitRecord::new(&ids, &settings)
+        .map_err(|reason| config.error("preprocess.validation_cases", reason))?;
+    preprocess(
+        &task.training,
+        &paths.data_dir,
+        &split,
+        &settings,
+        &paths.work_dir.join(PREPROCESSED_DIR),
+    )
+}
+
+/// Preprocesses `cases` into `out` and writes the manifest; see the crate docs.
+pub fn preprocess(
+    cases: &[Case],
+    data_dir: &Path,
+    split: &SplitRecord,
+    settings: &PreprocessConfig,
+    out: &Path,
+) -> anyhow::Result<Summary> {
+    let start = Instant::now();
+    let cases_dir = out.join(CASES_DIR);
+    fs::create_dir_all(&cases_dir).with_context(|| format!("{}", cases_dir.display()))?;
+    remove_stale(&cases_dir, cases)?;
+    let slice_settings = SliceSettings::from_config(settings);
+    let jobs = if settings.jobs == 0 {
+        rayon::current_num_threads()
+    } else {
+        settings.jobs
+    };
+    // Cases run on their own small pool so that at most `jobs` volumes are in memory; their slices
+    // run on the global pool.
+    let case_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .thread_name(|i| format!("preprocess-case-{i}"))
+        .build()
+        .context("cannot start worker threads")?;
+    let bar = ct_io::cli::progress_bar(cases.len() as u64, "preprocess");
+    let outcomes: Vec<(String, anyhow::Result<(CaseRecord, bool)>)> = case_pool.install(|| {
+        cases
+            .par_iter()
+            .with_max_len(1)
+            .map(|case| {
+                let result = prepare_case(case, &slice_settings, settings, &cases_dir);
+                if let Err(e) = &result {
+                    tracing::error!("{}: {e:#}", case.id);
+                }
+                bar.inc(1);
+                (case.id.clone(), result)
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+
+    let mut records = Vec::new();
+    let mut failed = Vec::new();
+    let (mut processed, mut reused, mut input_bytes) = (0, 0, 0);
+    for (id, outcome) in outcomes {
+        match outcome {
+            Ok((record, was_reused)) => {
+                if was_reused {
+                    reused += 1;
+                } else {
+                    processed += 1;
+                    input_bytes += record.info.inputs.iter().map(|s| s.bytes).sum::<u64>();
+                }
+                records.push(record);
+            }
+            Err(e) => failed.push(FailedCase {
+                id,
+                error: format!("{e:#}"),
+            }),
+        }
+    }
+    if !failed.is_empty() && !settings.continue_on_error {
+        let list: Vec<String> = failed
+            .iter()
+            .map(|f| format!("{} ({})", f.id, f.error))
+            .collect();
+        bail!(
+            "{} of {} cases failed: {}",
+            failed.len(),
+            cases.len(),
+            list.join("; ")
+        );
+    }
+    for f in &failed {
+        tracing::warn!(
+            "{}: skipped and recorded in the manifest: {}",
+            f.id,
+            f.error
+        );
+    }
+
+    let manifest = assemble_manifest(records, failed.clone(), data_dir, split, settings);
+    let manifest_path = out.join(MANIFEST_FILE);
+    let unchanged = Manifest::load(&manifest_path).is_ok_and(|old| old == manifest);
+    if !unchanged {
+        ct_io::atomic::write_json(&manifest_path, &manifest)?;
+    }
+    Ok(Summary {
+        manifest: manifest_path,
+        processed,
+        reused,
+        failed,
+        slices: manifest.slices.len(),
+        input_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn assemble_manifest(
+    records: Vec<CaseRecord>,
+    failed: Vec<FailedCase>,
+    data_dir: &Path,
+    split: &SplitRecord,
+    settings: &PreprocessConfig,
+) -> Manifest {
+    let mut cases = Vec::new();
+    let mut slices = Vec::new();
+    for record in records {
+        let case_split = split.of(&record.info.id);
+        slices.extend(record.slices.into_iter().map(|files| ManifestSlice {
+            case: record.info.id.clone(),
+            split: case_split.clone(),
+            files,
+        }));
+        cases.push(ManifestCase {
+            split: case_split,
+            info: record.info,
+        });
+    }
+    Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        data_dir: data_dir.to_path_buf(),
+        settings: settings.clone(),
+        split: split.clone(),
+        cases,
+        failed,
+        slices,
+    }
+}
+
+/// Removes case folders of cases no longer in the task and temporary folders of crashed runs.
+fn remove_stale(cases_dir: &Path, cases: &[Case]) -> anyhow::Result<()> {
+    let wanted: BTreeSet<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+    for entry in fs::read_dir(cases_dir).with_context(|| format!("{}", cases_dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if path.is_dir() && !wanted.contains(name.as_str()) {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reuses the case's folder when its inputs and settings are unchanged, else processes it.
+fn prepare_case(
+    case: &Case,
+    slice_settings: &SliceSettings,
+    settings: &PreprocessConfig,
+    cases_dir: &Path,
+) -> anyhow::Result<(CaseRecord, bool)> {
+    let label = case
+        .label
+        .as_deref()
+        .with_context(|| format!("{}: no label", case.image.display()))?;
+    let inputs = vec![FileStamp::of(&case.image)?, FileStamp::of(label)?];
+    let final_dir = cases_dir.join(&case.id);
+    if let Ok(text) = fs::read_to_string(final_dir.join(CASE_FILE))
+        && let Ok(record) = serde_json::from_str::<CaseRecord>(&text)
+        && record.info.inputs == inputs
+        && &record.info.settings == slice_settings
+        && record
+            .slices
+            .iter()
+            .all(|s| final_dir.join(file_name(&s.image)).is_file())
+    {
+        tracing::debug!("{}: unchanged, reused", case.id);
+        return Ok((record, true));
+    }
+    let tmp_dir = cases_dir.join(format!(".{}.tmp-{}", case.id, std::process::id()));
+    let result =
+        process_case(case, label, inputs, slice_settings, settings, &tmp_dir).and_then(|record| {
+            if final_dir.exists() {
+                fs::remove_dir_all(&final_dir)
+                    .with_context(|| format!("removing {}", final_dir.display()))?;
+            }
+            fs::rename(&tmp_dir, &final_dir)
+                .with_context(|| format!("renaming into {}", final_dir.display()))?;
+            Ok(record)
+        });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp_dir);
+    }
+    Ok((result?, false))
+}
+
+fn file_name(path: &Path) -> &std::ffi::OsStr {
+    path.file_name().unwrap_or_default()
+}
+
+fn process_case(
+    case: &Case,
+    label_path: &Path,
+    inputs: Vec<FileStamp>,
+    slice_settings: &SliceSettings,
+    settings: &PreprocessConfig,
+    tmp_dir: &Path,
+) -> anyhow::Result<CaseRecord> {
+    let options = ReadOptions {
+        max_bytes: settings.max_volume_mib << 20,
+    };
+    let image = read_volume_with(&case.image, &options)?;
+    let label = read_volume_with(label_path, &options)?;
+    check_label_matches(&image.geometry, &label.geometry, label_path)?;
+    if let Some(bad) = label.data.iter().find(|v| **v != 0.0 && **v != 1.0) {
+        bail!(
+            "{}: label values must be 0 or 1 (found {bad})",
+            label_path.display()
+        );
+    }
+    let reorientation = Reorientation::to_canonical(&image.geometry);
+    let canonical_geometry = reorientation.canonical_geometry(&image.geometry);
+    let ct = reorientation.canonical_view(image.data.view());
+    let mask = reorientation.canonical_view(label.data.view());
+    let [width, height, depth] = reorientation.canonical_shape();
+
+    let tumour_per_slice: Vec<usize> = (0..depth)
+        .map(|k| {
+            mask.index_axis(Axis(2), k)
+                .iter()
+                .filter(|v| **v > 0.0)
+                .count()
+        })
+        .collect();
+    let first_tumour = tumour_per_slice.iter().position(|&n| n > 0);
+    let crop = decide_crop(settings, depth, canonical_geometry.spacing[2], first_tumour);
+    if let Some(reason) = &crop.reason {
+        tracing::warn!(
+            "{}: crop reduced from {} to {} slices ({reason})",
+            case.id,
+            crop.requested,
+            crop.applied
+        );
+    }
+
+    fs::create_dir_all(tmp_dir).with_context(|| format!("{}", tmp_dir.display()))?;
+    let size = settings.size;
+    let normalisation = slice_settings.normalisation;
+    let slices: Vec<SliceFiles> = (crop.applied..depth)
+        .into_par_iter()
+        .map(|k| -> anyhow::Result<SliceFiles> {
+            let (mut pixels, _, _) = axial_slice(ct, k);
+            for v in &mut pixels {
+                *v = normalisation.apply(*v);
+            }
+            let resized = resize_bilinear(&pixels, height, width, size);
+            let (labels, _, _) = axial_slice(mask, k);
+            let labels: Vec<u8> = labels.iter().map(|v| u8::from(*v > 0.0)).collect();
+            let resized_mask = resize_nearest(&labels, height, width, size);
+            let image_name = format!("image_{k:04}.npy");
+            let mask_name = format!("mask_{k:04}.npy");
+            write_npy(
+                &tmp_dir.join(&image_name),
+                Array2::from_shape_vec((size, size), resized).expect("size x size"),
+            )?;
+            let tumour_voxels = resized_mask.iter().filter(|v| **v > 0).count() as u32;
+            write_npy(
+                &tmp_dir.join(&mask_name),
+                Array2::from_shape_vec((size, size), resized_mask).expect("size x size"),
+            )?;
+            let relative = Path::new(CASES_DIR).join(&case.id);
+            Ok(SliceFiles {
+                slice: k,
+                image: relative.join(image_name),
+                mask: relative.join(mask_name),
+                tumour_voxels,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let record = CaseRecord {
+        info: CaseInfo {
+            id: case.id.clone(),
+            inputs,
+            settings: slice_settings.clone(),
+            original_shape: image.geometry.shape,
+            original_affine: image.geometry.affine,
+            original_orientation: image.geometry.orientation(),
+            reorientation,
+            canonical_shape: [width, height, depth],
+            canonical_spacing: canonical_geometry.spacing,
+            crop: crop.clone(),
+            kept_slices: [crop.applied, depth],
+            resize_factors: [size as f64 / height as f64, size as f64 / width as f64],
+            normalisation,
+            tumour_voxels: tumour_per_slice.iter().sum::<usize>() as u64,
+        },
+        slices,
+    };
+    ct_io::atomic::write_json(&tmp_dir.join(CASE_FILE), &record)?;
+    Ok(record)
+}
+
+fn write_npy<T: ndarray_npy::WritableElement>(path: &Path, array: Array2<T>) -> anyhow::Result<()> {
+    let file = fs::File::create(path).with_context(|| format!("{}", path.display()))?;
+    array
+        .write_npy(BufWriter::new(file))
+        .with_context(|| format!("{}: cannot write", path.display()))
+}

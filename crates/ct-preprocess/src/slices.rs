@@ -1,0 +1,133 @@
+//! One axial slice at a time: crop decision, normalisation, resizing.
+
+use fast_image_resize::images::{TypedImage, TypedImageRef};
+use fast_image_resize::pixels::{F32, U8};
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use ndarray::{ArrayView2, ArrayView3, Axis};
+use serde::{Deserialize, Serialize};
+
+use crate::settings::PreprocessConfig;
+
+/// How many slices were dropped at the inferior end, and why it differs from what was asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Crop {
+    pub requested: usize,
+    pub applied: usize,
+    /// Set when the crop was reduced: to keep tumour slices, or to keep most of a short volume.
+    pub reason: Option<String>,
+}
+
+/// Decides the crop for a volume of `slices` axial slices `spacing_mm` apart. The crop is reduced
+/// so that it never removes more than `max_crop_fraction` of the volume, nor any slice at or
+/// above `first_tumour_slice`.
+pub fn decide_crop(
+    config: &PreprocessConfig,
+    slices: usize,
+    spacing_mm: f64,
+    first_tumour_slice: Option<usize>,
+) -> Crop {
+    let requested = match config.crop_mm {
+        Some(mm) => (mm / spacing_mm).round() as usize,
+        None => config.crop_slices,
+    };
+    let mut applied = requested;
+    let mut reasons = Vec::new();
+    let cap = (config.max_crop_fraction * slices as f64).floor() as usize;
+    if applied > cap {
+        reasons.push(format!(
+            "at most {:.0}% of the volume's {slices} slices may be dropped",
+            config.max_crop_fraction * 100.0
+        ));
+        applied = cap;
+    }
+    if let Some(first) = first_tumour_slice
+        && applied > first
+    {
+        reasons.push(format!("tumour starts at slice {first}"));
+        applied = first;
+    }
+    Crop {
+        requested,
+        applied,
+        reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+    }
+}
+
+/// Axial slice `k` of a canonical view as a row-major image: rows run along canonical y
+/// (posterior → anterior), columns along canonical x (patient left → right).
+pub fn axial_slice<T: Copy>(canonical: ArrayView3<T>, k: usize) -> (Vec<T>, usize, usize) {
+    let plane: ArrayView2<T> = canonical.index_axis(Axis(2), k);
+    let (width, height) = plane.dim();
+    (plane.t().iter().copied().collect(), height, width)
+}
+
+/// Bilinear resize with pixel centres aligned (OpenCV's INTER_LINEAR, no antialiasing filter).
+pub fn resize_bilinear(src: &[f32], height: usize, width: usize, size: usize) -> Vec<f32> {
+    let src = TypedImageRef::<F32>::new(width as u32, height as u32, bytemuck::cast_slice(src))
+        .expect("buffer holds width x height pixels");
+    let mut dst = TypedImage::<F32>::new(size as u32, size as u32);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear));
+    Resizer::new()
+        .resize_typed(&src, &mut dst, &options)
+        .expect("same pixel type");
+    bytemuck::cast_slice(dst.pixels()).to_vec()
+}
+
+/// Nearest-neighbour resize taking each output pixel from the input pixel under its centre.
+pub fn resize_nearest(src: &[u8], height: usize, width: usize, size: usize) -> Vec<u8> {
+    let src = TypedImageRef::<U8>::new(width as u32, height as u32, bytemuck::cast_slice(src))
+        .expect("buffer holds width x height pixels");
+    let mut dst = TypedImage::<U8>::new(size as u32, size as u32);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Nearest);
+    Resizer::new()
+        .resize_typed(&src, &mut dst, &options)
+        .expect("same pixel type");
+    bytemuck::cast_slice(dst.pixels()).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(crop_slices: usize, crop_mm: Option<f64>) -> PreprocessConfig {
+        PreprocessConfig {
+            crop_slices,
+            crop_mm,
+            ..PreprocessConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_reference_crop_applies_to_a_long_volume_without_early_tumour() {
+        let crop = decide_crop(&config(30, None), 300, 1.25, Some(150));
+        assert_eq!((crop.requested, crop.applied, crop.reason), (30, 30, None));
+    }
+
+    #[test]
+    fn the_crop_never_removes_tumour_slices_or_most_of_a_short_volume() {
+        let crop = decide_crop(&config(30, None), 300, 1.25, Some(12));
+        assert_eq!(crop.applied, 12);
+        assert!(crop.reason.unwrap().contains("tumour starts at slice 12"));
+        // 48 slices of 5 mm, as lung1 from shared/data/real: 30% of 48 is 14.
+        let crop = decide_crop(&config(30, None), 48, 5.0, Some(32));
+        assert_eq!(crop.applied, 14);
+        assert!(crop.reason.unwrap().contains("48 slices"));
+        let crop = decide_crop(&config(30, Some(40.0)), 48, 5.0, None);
+        assert_eq!((crop.requested, crop.applied), (8, 8));
+    }
+
+    #[test]
+    fn resizing_keeps_constant_images_constant_and_masks_binary() {
+        let src = vec![0.25f32; 7 * 5];
+        assert!(
+            resize_bilinear(&src, 7, 5, 16)
+                .iter()
+                .all(|v| (v - 0.25).abs() < 1e-6)
+        );
+        let mut mask = vec![0u8; 8 * 8];
+        mask[3 * 8 + 3] = 1;
+        let out = resize_nearest(&mask, 8, 8, 16);
+        assert_eq!(out.iter().filter(|v| **v == 1).count(), 4);
+        assert!(out.iter().all(|v| *v <= 1));
+    }
+}
