@@ -1,5 +1,7 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 
+mod bench;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,6 +21,15 @@ struct Cli {
 enum Command {
     /// Write a synthetic MSD-style task folder of chest-CT phantoms.
     Synth(SynthArgs),
+    /// Measure a stage's speed.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// ct-preprocess on MSD-sized volumes vs gunzip alone and the reference pipeline.
+    Preprocess(bench::PreprocessBench),
 }
 
 #[derive(clap::Args)]
@@ -105,5 +116,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     ct_io::cli::run(|| match cli.command {
         Command::Synth(args) => synth(args),
+        Command::Bench(Bench::Preprocess(args)) => bench::preprocess(args),
     })
 }

@@ -20,5 +20,8 @@ pub mod task;
 
 pub use error::{Error, Result};
 pub use geometry::{Geometry, Reorientation};
-pub use nii::{Datatype, ReadOptions, Volume, read_volume, read_volume_with, write_volume};
+pub use nii::{
+    Datatype, Mask, ReadOptions, Volume, read_mask_with, read_volume, read_volume_with,
+    write_volume,
+};
 pub use task::{Case, Task, read_task};

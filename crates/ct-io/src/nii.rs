@@ -132,6 +132,94 @@ pub fn read_volume(path: &Path) -> Result<Volume> {
 }
 
 pub fn read_volume_with(path: &Path, options: &ReadOptions) -> Result<Volume> {
+    let mut scratch = Vec::new();
+    let (values, header) = read_data(path, options, |chunk, out: &mut Vec<f32>| {
+        out.extend_from_slice(chunk.decode(&mut scratch))
+    })?;
+    let data = Array3::from_shape_vec(
+        (header.shape[0], header.shape[1], header.shape[2]).f(),
+        values,
+    )
+    .expect("length equals the product of the shape");
+    if let Some(flat) = data.as_slice_memory_order()
+        && let Some(first) = flat.iter().position(|v| !v.is_finite())
+    {
+        let count = flat.iter().filter(|v| !v.is_finite()).count();
+        return Err(Error::invalid(
+            path,
+            format!(
+                "{count} voxel(s) are NaN or infinite (first at voxel {:?}); replace them before use",
+                voxel_index(first, header.shape)
+            ),
+        ));
+    }
+    Ok(Volume {
+        data,
+        geometry: header.geometry,
+        datatype: header.datatype,
+    })
+}
+
+/// A label volume: whole numbers 0..=255, one byte per voxel.
+#[derive(Debug, Clone)]
+pub struct Mask {
+    /// Fortran layout, indexed `[i, j, k]` as in the file.
+    pub data: Array3<u8>,
+    pub geometry: Geometry,
+}
+
+/// Reads a label volume into bytes (a quarter of the memory of [`read_volume`]); any value that
+/// is not a whole number in 0..=255 is refused, naming the first voxel that has one.
+pub fn read_mask_with(path: &Path, options: &ReadOptions) -> Result<Mask> {
+    let mut offset = 0usize;
+    let mut first_bad: Option<(usize, f32)> = None;
+    let mut scratch = Vec::new();
+    let (values, header) = read_data(path, options, |chunk, out: &mut Vec<u8>| {
+        if chunk.datatype == Datatype::U8 && chunk.scaling.is_none() {
+            out.extend_from_slice(chunk.raw);
+            return;
+        }
+        let values = chunk.decode(&mut scratch);
+        for (n, &v) in values.iter().enumerate() {
+            let ok = (0.0..=255.0).contains(&v) && v.fract() == 0.0;
+            if !ok && first_bad.is_none() {
+                first_bad = Some((offset + n, v));
+            }
+            out.push(if ok { v as u8 } else { 0 });
+        }
+        offset += values.len();
+    })?;
+    if let Some((at, value)) = first_bad {
+        return Err(Error::invalid(
+            path,
+            format!(
+                "not a label volume: voxel {:?} is {value} (labels are whole numbers 0..=255)",
+                voxel_index(at, header.shape)
+            ),
+        ));
+    }
+    let data = Array3::from_shape_vec(
+        (header.shape[0], header.shape[1], header.shape[2]).f(),
+        values,
+    )
+    .expect("length equals the product of the shape");
+    Ok(Mask {
+        data,
+        geometry: header.geometry,
+    })
+}
+
+/// `[i, j, k]` of the `n`-th voxel in file (Fortran) order.
+fn voxel_index(n: usize, [nx, ny, _]: [usize; 3]) -> [usize; 3] {
+    [n % nx, (n / nx) % ny, n / (nx * ny)]
+}
+
+/// Reads header and voxel data, handing `push` the values (after scaling) chunk by chunk.
+fn read_data<T>(
+    path: &Path,
+    options: &ReadOptions,
+    push: impl FnMut(Chunk, &mut Vec<T>),
+) -> Result<(Vec<T>, Header)> {
     let (mut reader, plain_len) = open(path)?;
     let header = read_header(path, &mut reader)?;
     let voxels = header.shape.iter().product::<usize>();
@@ -169,41 +257,16 @@ pub fn read_volume_with(path: &Path, options: &ReadOptions) -> Result<Volume> {
             "truncated file: ends before the voxel data",
         ));
     }
-
-    let values = read_values(&mut reader, voxels, header.datatype, header.big_endian)
-        .map_err(|e| Error::io(path, e))?;
+    let (slope, inter) = (header.scl_slope, header.scl_inter);
+    let scaling = (slope != 0.0 && slope.is_finite() && (slope != 1.0 || inter != 0.0))
+        .then_some((slope, if inter.is_finite() { inter } else { 0.0 }));
+    let values =
+        read_values(&mut reader, voxels, &header, scaling, push).map_err(|e| Error::io(path, e))?;
     if plain_len.is_none() {
         // Read to the end so gzip checks the CRC and length of the whole stream.
         io::copy(&mut reader, &mut io::sink()).map_err(|e| Error::io(path, e))?;
     }
-    let mut data = Array3::from_shape_vec(
-        (header.shape[0], header.shape[1], header.shape[2]).f(),
-        values,
-    )
-    .expect("length equals the product of the shape");
-    let (slope, inter) = (header.scl_slope, header.scl_inter);
-    if slope != 0.0 && slope.is_finite() && (slope != 1.0 || inter != 0.0) {
-        let inter = if inter.is_finite() { inter } else { 0.0 };
-        data.par_mapv_inplace(|v| v * slope + inter);
-    }
-    if let Some(flat) = data.as_slice_memory_order()
-        && let Some(first) = flat.iter().position(|v| !v.is_finite())
-    {
-        let count = flat.iter().filter(|v| !v.is_finite()).count();
-        let [nx, ny, _] = header.shape;
-        let at = [first % nx, (first / nx) % ny, first / (nx * ny)];
-        return Err(Error::invalid(
-            path,
-            format!(
-                "{count} voxel(s) are NaN or infinite (first at voxel {at:?}); replace them before use"
-            ),
-        ));
-    }
-    Ok(Volume {
-        data,
-        geometry: header.geometry,
-        datatype: header.datatype,
-    })
+    Ok((values, header))
 }
 
 /// Opens a file and returns a reader over its (decompressed) bytes and, for an uncompressed file,
@@ -363,23 +426,58 @@ fn read_header(path: &Path, reader: &mut dyn Read) -> Result<Header> {
     })
 }
 
-/// Reads `count` voxels of `datatype` and converts them to f32, chunk by chunk.
-fn read_values(
-    reader: &mut dyn Read,
-    count: usize,
+/// A run of raw voxel bytes as read from the file, with what is needed to decode them.
+struct Chunk<'a> {
+    raw: &'a [u8],
     datatype: Datatype,
     big_endian: bool,
-) -> io::Result<Vec<f32>> {
-    let width = datatype.bytes();
-    // Grow with the data rather than trust the header: a gzip stream's length is unknown until read.
-    let mut out = Vec::with_capacity(count.min(1 << 26));
+    scaling: Option<(f32, f32)>,
+}
+
+impl Chunk<'_> {
+    /// The values as f32, after scaling, written into `scratch`.
+    fn decode<'s>(&self, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        scratch.clear();
+        decode(self.raw, self.datatype, self.big_endian, scratch);
+        if let Some((slope, inter)) = self.scaling {
+            for v in scratch.iter_mut() {
+                *v = *v * slope + inter;
+            }
+        }
+        scratch
+    }
+}
+
+/// Reads `count` voxels and hands them to `push` chunk by chunk, so the output can be any type
+/// without a full-size intermediate copy.
+fn read_values<T>(
+    reader: &mut dyn Read,
+    count: usize,
+    header: &Header,
+    scaling: Option<(f32, f32)>,
+    mut push: impl FnMut(Chunk, &mut Vec<T>),
+) -> io::Result<Vec<T>> {
+    let width = header.datatype.bytes();
+    // Reserve what the header declares (already under the size limit) unless that is over 2 GiB;
+    // then grow with the data, since a gzip stream's true length is unknown until read.
+    let reserve = if count * std::mem::size_of::<T>() <= 2 << 30 {
+        count
+    } else {
+        1 << 26
+    };
+    let mut out = Vec::with_capacity(reserve);
     let mut buf = vec![0u8; (CHUNK_BYTES / width) * width];
     let mut remaining = count * width;
     while remaining > 0 {
         let n = remaining.min(buf.len());
-        let chunk = &mut buf[..n];
-        reader.read_exact(chunk)?;
-        decode(chunk, datatype, big_endian, &mut out);
+        reader.read_exact(&mut buf[..n])?;
+        let chunk = Chunk {
+            raw: &buf[..n],
+            datatype: header.datatype,
+            big_endian: header.big_endian,
+            scaling,
+        };
+        push(chunk, &mut out);
         remaining -= n;
     }
     Ok(out)

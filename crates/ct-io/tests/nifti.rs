@@ -418,3 +418,38 @@ fn no_header_corruption_makes_the_reader_panic() {
     }
     assert!(ok > 0 && refused > 0, "{ok} read, {refused} refused");
 }
+
+#[test]
+fn masks_read_as_bytes_and_non_label_values_are_refused() {
+    use ct_io::read_mask_with;
+    let dir = tempfile::tempdir().unwrap();
+    let shape = [4, 3, 2];
+    let g = geometry("LPS", shape);
+    let mut labels = Array3::<f32>::zeros(shape.f());
+    labels[[1, 1, 1]] = 1.0;
+    labels[[2, 1, 1]] = 255.0;
+    let ok = dir.path().join("ok.nii.gz");
+    write_volume(&ok, labels.view(), &g).unwrap();
+    let mask = read_mask_with(&ok, &ReadOptions::default()).unwrap();
+    assert_eq!(mask.data[[1, 1, 1]], 1);
+    assert_eq!(mask.data[[2, 1, 1]], 255);
+    assert_eq!(mask.data.iter().map(|&v| v as u32).sum::<u32>(), 256);
+    assert_eq!(mask.geometry, g);
+    for (name, value) in [
+        ("half.nii", 0.5f32),
+        ("negative.nii", -1.0),
+        ("big.nii", 300.0),
+    ] {
+        let mut bad = labels.clone();
+        bad[[3, 2, 1]] = value;
+        let path = dir.path().join(name);
+        write_volume(&path, bad.view(), &g).unwrap();
+        let err = read_mask_with(&path, &ReadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(name) && err.contains("voxel [3, 2, 1]"),
+            "{err}"
+        );
+    }
+}

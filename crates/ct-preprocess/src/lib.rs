@@ -23,8 +23,8 @@ use anyhow::{Context, bail};
 use ct_io::config::Config;
 use ct_io::nii::ReadOptions;
 use ct_io::task::{Case, check_label_matches};
-use ct_io::{Reorientation, read_task, read_volume_with};
-use ndarray::{Array2, Axis};
+use ct_io::{Reorientation, read_mask_with, read_task, read_volume_with};
+use ndarray::{Array2, Array3, Axis};
 use ndarray_npy::WriteNpyExt;
 use rayon::prelude::*;
 
@@ -84,8 +84,9 @@ pub fn preprocess(
     fs::create_dir_all(&cases_dir).with_context(|| format!("{}", cases_dir.display()))?;
     remove_stale(&cases_dir, cases)?;
     let slice_settings = SliceSettings::from_config(settings);
+    // One more case than cores: while a case decompresses (one core), the others have work.
     let jobs = if settings.jobs == 0 {
-        rayon::current_num_threads()
+        rayon::current_num_threads() + 1
     } else {
         settings.jobs
     };
@@ -275,29 +276,19 @@ fn process_case(
     let options = ReadOptions {
         max_bytes: settings.max_volume_mib << 20,
     };
-    let image = read_volume_with(&case.image, &options)?;
-    let label = read_volume_with(label_path, &options)?;
+    // Both files decompress at once: gunzip is the single-threaded part of a case.
+    let (image, label) = rayon::join(
+        || read_volume_with(&case.image, &options),
+        || read_mask_with(label_path, &options),
+    );
+    let (image, label) = (image?, label?);
     check_label_matches(&image.geometry, &label.geometry, label_path)?;
-    if let Some(bad) = label.data.iter().find(|v| **v != 0.0 && **v != 1.0) {
-        bail!(
-            "{}: label values must be 0 or 1 (found {bad})",
-            label_path.display()
-        );
-    }
     let reorientation = Reorientation::to_canonical(&image.geometry);
     let canonical_geometry = reorientation.canonical_geometry(&image.geometry);
     let ct = reorientation.canonical_view(image.data.view());
     let mask = reorientation.canonical_view(label.data.view());
     let [width, height, depth] = reorientation.canonical_shape();
-
-    let tumour_per_slice: Vec<usize> = (0..depth)
-        .map(|k| {
-            mask.index_axis(Axis(2), k)
-                .iter()
-                .filter(|v| **v > 0.0)
-                .count()
-        })
-        .collect();
+    let tumour_per_slice = tumour_per_axial_slice(&label.data, &reorientation, label_path)?;
     let first_tumour = tumour_per_slice.iter().position(|&n| n > 0);
     let crop = decide_crop(settings, depth, canonical_geometry.spacing[2], first_tumour);
     if let Some(reason) = &crop.reason {
@@ -321,7 +312,6 @@ fn process_case(
             }
             let resized = resize_bilinear(&pixels, height, width, size);
             let (labels, _, _) = axial_slice(mask, k);
-            let labels: Vec<u8> = labels.iter().map(|v| u8::from(*v > 0.0)).collect();
             let resized_mask = resize_nearest(&labels, height, width, size);
             let image_name = format!("image_{k:04}.npy");
             let mask_name = format!("mask_{k:04}.npy");
@@ -365,6 +355,37 @@ fn process_case(
     };
     ct_io::atomic::write_json(&tmp_dir.join(CASE_FILE), &record)?;
     Ok(record)
+}
+
+/// Tumour voxels per canonical axial slice, counted in the file's own layout (fast: the axial axis
+/// is usually the slowest one), checking that the label holds only 0 and 1.
+fn tumour_per_axial_slice(
+    label: &Array3<u8>,
+    reorientation: &Reorientation,
+    path: &Path,
+) -> anyhow::Result<Vec<usize>> {
+    // Memory order: `iter()` on a Fortran-layout array would stride across the whole volume.
+    let values = label
+        .as_slice_memory_order()
+        .expect("ct-io returns contiguous volumes");
+    if let Some(bad) = values.iter().find(|v| **v > 1) {
+        bail!(
+            "{}: label values must be 0 or 1 (found {bad})",
+            path.display()
+        );
+    }
+    let axial_axis = reorientation.permutation[2];
+    let mut counts: Vec<usize> = label
+        .axis_iter(Axis(axial_axis))
+        .map(|plane| match plane.as_slice_memory_order() {
+            Some(flat) => flat.iter().map(|&v| usize::from(v)).sum(),
+            None => plane.iter().map(|&v| usize::from(v)).sum(),
+        })
+        .collect();
+    if reorientation.flip[2] {
+        counts.reverse();
+    }
+    Ok(counts)
 }
 
 fn write_npy<T: ndarray_npy::WritableElement>(path: &Path, array: Array2<T>) -> anyhow::Result<()> {

@@ -26,7 +26,7 @@ pub struct PreprocessConfig {
     pub validation_cases: Vec<String>,
     /// Seed of the case split.
     pub seed: u64,
-    /// Cases processed at once (each holds one volume in memory); 0 = one per CPU core.
+    /// Cases processed at once (each holds one volume in memory); 0 = one more than CPU cores.
     pub jobs: usize,
     /// Go on past cases that fail, record them in the manifest, and exit 0.
     pub continue_on_error: bool,

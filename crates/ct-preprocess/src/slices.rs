@@ -54,11 +54,25 @@ pub fn decide_crop(
 }
 
 /// Axial slice `k` of a canonical view as a row-major image: rows run along canonical y
-/// (posterior → anterior), columns along canonical x (patient left → right).
+/// (posterior → anterior), columns along canonical x (patient left → right). Copied row by row:
+/// each row is a 1D (possibly reversed) run through the volume.
 pub fn axial_slice<T: Copy>(canonical: ArrayView3<T>, k: usize) -> (Vec<T>, usize, usize) {
     let plane: ArrayView2<T> = canonical.index_axis(Axis(2), k);
     let (width, height) = plane.dim();
-    (plane.t().iter().copied().collect(), height, width)
+    let mut out = Vec::with_capacity(width * height);
+    for mut row in plane.axis_iter(Axis(1)) {
+        // Rows are contiguous, forwards or backwards, in every axis-aligned file: copy them as
+        // slices (an element-wise walk through a strided view is several times slower).
+        if let Some(run) = row.as_slice() {
+            out.extend_from_slice(run);
+        } else if row.strides() == [-1] {
+            row.invert_axis(Axis(0));
+            out.extend(row.as_slice().expect("reversed unit stride").iter().rev());
+        } else {
+            out.extend(row.iter().copied());
+        }
+    }
+    (out, height, width)
 }
 
 /// Bilinear resize with pixel centres aligned (OpenCV's INTER_LINEAR, no antialiasing filter).

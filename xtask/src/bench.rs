@@ -1,0 +1,241 @@
+//! `cargo xtask bench preprocess`: our preprocessing against gunzip alone (the floor) and against
+//! the reference Python pipeline, on MSD-sized synthetic volumes.
+
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use ct_io::phantom::{SynthConfig, write_task};
+use ct_io::read_task;
+use ct_preprocess::settings::PreprocessConfig;
+use ct_preprocess::split::SplitRecord;
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// The reference's recorded throughput on this kind of machine (shared/reference/README.md).
+const REFERENCE_RECORDED_SLICES_PER_S: (f64, f64) = (48.0, 51.0);
+
+#[derive(clap::Args)]
+pub struct PreprocessBench {
+    /// Volumes of 512x512x`slices` int16 (the reference's figures used 3 of 300 slices).
+    #[arg(long, default_value_t = 3)]
+    cases: usize,
+    #[arg(long, default_value_t = 300)]
+    slices: usize,
+    /// A Python with nibabel and opencv-python-headless: also run the reference preprocessing
+    /// (shared/reference/preprocess_ref.py) on the same files.
+    #[arg(long, value_name = "PYTHON")]
+    reference: Option<PathBuf>,
+    /// Where the benchmark volumes and outputs go (reused between runs).
+    #[arg(long, default_value = "target/bench")]
+    dir: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Row {
+    method: String,
+    seconds: f64,
+    cases_per_s: f64,
+    slices_per_s: f64,
+    input_mb_per_s: f64,
+}
+
+impl Row {
+    fn new(method: &str, seconds: f64, cases: usize, slices: usize, input_bytes: u64) -> Row {
+        Row {
+            method: method.to_string(),
+            seconds,
+            cases_per_s: cases as f64 / seconds,
+            slices_per_s: slices as f64 / seconds,
+            input_mb_per_s: input_bytes as f64 / 1e6 / seconds,
+        }
+    }
+}
+
+pub fn preprocess(args: PreprocessBench) -> anyhow::Result<()> {
+    let synth = SynthConfig {
+        cases: args.cases,
+        test_cases: 0,
+        size: 512,
+        slices: args.slices,
+        seed: 2024,
+        orientation: "LAS".into(),
+    };
+    let task_dir = args.dir.join(format!(
+        "Task06_Lung_{}x512x512x{}",
+        args.cases, args.slices
+    ));
+    if !task_dir.join("dataset.json").is_file() {
+        eprintln!(
+            "writing {} benchmark volumes to {}",
+            args.cases,
+            task_dir.display()
+        );
+        write_task(&task_dir, &synth)?;
+    }
+    let task = read_task(&task_dir)?;
+    let inputs: Vec<PathBuf> = task
+        .training
+        .iter()
+        .flat_map(|c| std::iter::once(c.image.clone()).chain(c.label.clone()))
+        .collect();
+    let input_bytes: u64 = inputs
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()))
+        .sum::<io::Result<u64>>()?;
+
+    let settings = PreprocessConfig {
+        validation_fraction: 0.0,
+        ..PreprocessConfig::default()
+    };
+    let ids: Vec<String> = task.training.iter().map(|c| c.id.clone()).collect();
+    let split = SplitRecord::new(&ids, &settings).map_err(anyhow::Error::msg)?;
+    let out = args.dir.join("preprocessed");
+    let _ = std::fs::remove_dir_all(&out);
+    let summary = ct_preprocess::preprocess(&task.training, &task_dir, &split, &settings, &out)?;
+    let slices = summary.slices;
+    let ours = Row::new(
+        "lungseg ct-preprocess",
+        summary.seconds,
+        args.cases,
+        slices,
+        input_bytes,
+    );
+
+    let gunzip_parallel = time(|| inputs.par_iter().try_for_each(|p| gunzip(p)))?;
+    let gunzip_serial = time(|| inputs.iter().try_for_each(|p| gunzip(p)))?;
+    let mut rows = vec![
+        ours,
+        Row::new(
+            "gunzip only, files in parallel",
+            gunzip_parallel,
+            args.cases,
+            slices,
+            input_bytes,
+        ),
+        Row::new(
+            "gunzip only, one file at a time",
+            gunzip_serial,
+            args.cases,
+            slices,
+            input_bytes,
+        ),
+    ];
+    if let Some(python) = &args.reference {
+        rows.push(run_reference(
+            python,
+            &task_dir,
+            &args.dir,
+            args.cases,
+            input_bytes,
+        )?);
+    }
+
+    println!(
+        "preprocess benchmark: {} volumes of 512x512x{} int16 (gzip, {:.0} MB), {} slices kept, {} threads",
+        args.cases,
+        args.slices,
+        input_bytes as f64 / 1e6,
+        slices,
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<34} {:>9} {:>9} {:>10} {:>12}",
+        "method", "seconds", "cases/s", "slices/s", "input MB/s"
+    );
+    for r in &rows {
+        println!(
+            "{:<34} {:>9.2} {:>9.3} {:>10.1} {:>12.1}",
+            r.method, r.seconds, r.cases_per_s, r.slices_per_s, r.input_mb_per_s
+        );
+    }
+    let (lo, hi) = REFERENCE_RECORDED_SLICES_PER_S;
+    let ours = &rows[0];
+    println!(
+        "vs gunzip alone (parallel): {:.2}x its time; vs the reference's recorded {lo}-{hi} slices/s: {:.1}x",
+        ours.seconds / gunzip_parallel,
+        ours.slices_per_s / hi
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "benchmark": "preprocess",
+            "volumes": args.cases,
+            "shape": [512, 512, args.slices],
+            "input_bytes": input_bytes,
+            "slices": slices,
+            "threads": rayon::current_num_threads(),
+            "rows": rows,
+            "ratio_to_gunzip_parallel": ours.seconds / gunzip_parallel,
+            "speedup_vs_reference_recorded": ours.slices_per_s / hi,
+        })
+    );
+    Ok(())
+}
+
+fn time(f: impl FnOnce() -> io::Result<()>) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    f()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn gunzip(path: &Path) -> io::Result<()> {
+    let file = BufReader::with_capacity(1 << 20, File::open(path)?);
+    io::copy(
+        &mut flate2::read::MultiGzDecoder::new(file),
+        &mut io::sink(),
+    )?;
+    Ok(())
+}
+
+fn run_reference(
+    python: &Path,
+    task_dir: &Path,
+    bench_dir: &Path,
+    cases: usize,
+    input_bytes: u64,
+) -> anyhow::Result<Row> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/preprocess_ref.py");
+    anyhow::ensure!(script.is_file(), "{} not found", script.display());
+    let out = bench_dir.join("reference_out");
+    let _ = std::fs::remove_dir_all(&out);
+    let output = Command::new(python)
+        .arg(&script)
+        .arg("--root")
+        .arg(task_dir)
+        .arg("--out")
+        .arg(&out)
+        .args(["--n", &cases.to_string()])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !output.status.success() {
+        bail!(
+            "reference preprocessing failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["event"] == "summary")
+        .context("the reference printed no summary")?;
+    let seconds = summary["wall_s"]
+        .as_f64()
+        .context("summary without wall_s")?;
+    let slices = summary["slices"]
+        .as_u64()
+        .context("summary without slices")? as usize;
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(Row::new(
+        "reference (nibabel + OpenCV)",
+        seconds,
+        cases,
+        slices,
+        input_bytes,
+    ))
+}
