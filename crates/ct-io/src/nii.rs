@@ -145,19 +145,67 @@ pub fn read_volume_with(path: &Path, options: &ReadOptions) -> Result<Volume> {
         && let Some(first) = flat.iter().position(|v| !v.is_finite())
     {
         let count = flat.iter().filter(|v| !v.is_finite()).count();
-        return Err(Error::invalid(
-            path,
-            format!(
-                "{count} voxel(s) are NaN or infinite (first at voxel {:?}); replace them before use",
-                voxel_index(first, header.shape)
-            ),
-        ));
+        return Err(non_finite(path, count, first, header.shape));
     }
     Ok(Volume {
         data,
         geometry: header.geometry,
         datatype: header.datatype,
     })
+}
+
+fn non_finite(path: &Path, count: usize, first: usize, shape: [usize; 3]) -> Error {
+    Error::invalid(
+        path,
+        format!(
+            "{count} voxel(s) are NaN or infinite (first at voxel {:?}); replace them before use",
+            voxel_index(first, shape)
+        ),
+    )
+}
+
+/// Reads a volume one k-plane at a time (k is the slowest axis in the file), handing
+/// `on_plane(k, values)` each plane of `nx * ny` values (i fastest, after scaling) as soon as it
+/// is decoded, so the volume is never held whole and work on early planes can overlap the
+/// decompression of later ones. Returns the geometry and the stored datatype; NaN or infinite
+/// voxels make it an error (after every plane was handed over).
+pub fn read_planes_with(
+    path: &Path,
+    options: &ReadOptions,
+    mut on_plane: impl FnMut(usize, &[f32]),
+) -> Result<(Geometry, Datatype)> {
+    let mut plane = Vec::new();
+    let mut k = 0;
+    let mut scratch = Vec::new();
+    let (mut bad, mut first_bad) = (0usize, None);
+    let (_, header) = read_data(path, options, |chunk, _: &mut Vec<()>| {
+        let plane_len = chunk.shape[0] * chunk.shape[1];
+        let mut rest = chunk.decode(&mut scratch);
+        while !rest.is_empty() {
+            let take = (plane_len - plane.len()).min(rest.len());
+            plane.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if plane.len() == plane_len {
+                let non_finite = plane.iter().filter(|v| !v.is_finite()).count();
+                if non_finite > 0 {
+                    bad += non_finite;
+                    first_bad = first_bad.or_else(|| {
+                        plane
+                            .iter()
+                            .position(|v| !v.is_finite())
+                            .map(|n| k * plane_len + n)
+                    });
+                }
+                on_plane(k, &plane);
+                plane.clear();
+                k += 1;
+            }
+        }
+    })?;
+    if let Some(first) = first_bad {
+        return Err(non_finite(path, bad, first, header.shape));
+    }
+    Ok((header.geometry, header.datatype))
 }
 
 /// A label volume: whole numbers 0..=255, one byte per voxel.
@@ -429,6 +477,7 @@ fn read_header(path: &Path, reader: &mut dyn Read) -> Result<Header> {
 /// A run of raw voxel bytes as read from the file, with what is needed to decode them.
 struct Chunk<'a> {
     raw: &'a [u8],
+    shape: [usize; 3],
     datatype: Datatype,
     big_endian: bool,
     scaling: Option<(f32, f32)>,
@@ -473,6 +522,7 @@ fn read_values<T>(
         reader.read_exact(&mut buf[..n])?;
         let chunk = Chunk {
             raw: &buf[..n],
+            shape: header.shape,
             datatype: header.datatype,
             big_endian: header.big_endian,
             scaling,

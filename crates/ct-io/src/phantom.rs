@@ -469,7 +469,8 @@ fn gaussian(hash: u64) -> f32 {
     ((sum as f64 - mean) / sd) as f32
 }
 
-/// Generates case number `index` (0-based) of the task described by `config`.
+/// Generates case number `index` (0-based) of the task described by `config`, which must be
+/// valid ([`SynthConfig::validate`]).
 pub fn generate_case(config: &SynthConfig, index: usize) -> Phantom {
     let case_seed = mix(config.seed ^ mix(index as u64 + 1));
     let mut rng = ChaCha8Rng::seed_from_u64(case_seed);
@@ -713,6 +714,9 @@ pub fn case_id(index: usize) -> String {
 /// Each file is written atomically and `dataset.json` last, so a folder with a `dataset.json` is
 /// complete; rerunning overwrites with identical content.
 pub fn write_task(out: &Path, config: &SynthConfig) -> Result<SynthReport> {
+    config
+        .validate()
+        .map_err(|inv| crate::Error::invalid(out, format!("synth.{}: {}", inv.key, inv.reason)))?;
     let start = Instant::now();
     let total = config.cases + config.test_cases;
     let bar = crate::cli::progress_bar(total as u64, "synth");

@@ -453,3 +453,40 @@ fn masks_read_as_bytes_and_non_label_values_are_refused() {
         );
     }
 }
+
+#[test]
+fn planes_stream_in_file_order_and_match_the_whole_volume() {
+    use ct_io::read_planes_with;
+    let dir = tempfile::tempdir().unwrap();
+    let shape = [5, 4, 6];
+    let data = ramp(shape, |n| n as i16 * 3 - 40);
+    let path = dir.path().join("planes.nii.gz");
+    write_volume(&path, data.view(), &geometry("LAS", shape)).unwrap();
+    let whole = read_volume(&path).unwrap();
+    let mut seen = Vec::new();
+    let (g, datatype) = read_planes_with(&path, &ReadOptions::default(), |k, plane| {
+        let expected: Vec<f32> = whole
+            .data
+            .index_axis(ndarray::Axis(2), k)
+            .t()
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(plane, expected.as_slice(), "plane {k}");
+        seen.push(k);
+    })
+    .unwrap();
+    assert_eq!(seen, (0..6).collect::<Vec<_>>());
+    assert_eq!((g, datatype), (whole.geometry, Datatype::I16));
+
+    let mut bad = Array3::<f32>::zeros(shape.f());
+    bad[[1, 2, 4]] = f32::NAN;
+    let nan = dir.path().join("nan_planes.nii");
+    write_volume(&nan, bad.view(), &geometry("LAS", shape)).unwrap();
+    let err = read_planes_with(&nan, &ReadOptions::default(), |_, _| {}).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("1 voxel(s) are NaN or infinite (first at voxel [1, 2, 4])"),
+        "{err}"
+    );
+}

@@ -224,3 +224,13 @@ fn a_written_task_folder_reads_back_and_a_rerun_gives_the_same_files() {
         }
     }
 }
+
+#[test]
+fn an_invalid_synth_config_is_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = write_task(dir.path(), &small(1, "ISL"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("synth.orientation"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -17,14 +17,15 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use ct_io::config::Config;
 use ct_io::nii::ReadOptions;
 use ct_io::task::{Case, check_label_matches};
-use ct_io::{Reorientation, read_mask_with, read_task, read_volume_with};
-use ndarray::{Array2, Array3, Axis};
+use ct_io::{Reorientation, read_mask_with, read_planes_with, read_task, read_volume_with};
+use ndarray::{Array2, Array3, ArrayView3, Axis, ShapeBuilder};
 use ndarray_npy::WriteNpyExt;
 use rayon::prelude::*;
 
@@ -32,7 +33,7 @@ use manifest::{
     CASE_FILE, CASES_DIR, CaseInfo, CaseRecord, FailedCase, FileStamp, MANIFEST_FILE, Manifest,
     ManifestCase, ManifestSlice, PREPROCESSED_DIR, SliceFiles, SliceSettings,
 };
-use settings::PreprocessConfig;
+use settings::{Normalisation, PreprocessConfig};
 use slices::{axial_slice, decide_crop, resize_bilinear, resize_nearest};
 use split::SplitRecord;
 
@@ -276,17 +277,10 @@ fn process_case(
     let options = ReadOptions {
         max_bytes: settings.max_volume_mib << 20,
     };
-    // Both files decompress at once: gunzip is the single-threaded part of a case.
-    let (image, label) = rayon::join(
-        || read_volume_with(&case.image, &options),
-        || read_mask_with(label_path, &options),
-    );
-    let (image, label) = (image?, label?);
-    check_label_matches(&image.geometry, &label.geometry, label_path)?;
-    let reorientation = Reorientation::to_canonical(&image.geometry);
-    let canonical_geometry = reorientation.canonical_geometry(&image.geometry);
-    let ct = reorientation.canonical_view(image.data.view());
-    let mask = reorientation.canonical_view(label.data.view());
+    // The label first: it is small (bytes, compresses well) and decides the crop.
+    let label = read_mask_with(label_path, &options)?;
+    let reorientation = Reorientation::to_canonical(&label.geometry);
+    let canonical_geometry = reorientation.canonical_geometry(&label.geometry);
     let [width, height, depth] = reorientation.canonical_shape();
     let tumour_per_slice = tumour_per_axial_slice(&label.data, &reorientation, label_path)?;
     let first_tumour = tumour_per_slice.iter().position(|&n| n > 0);
@@ -301,60 +295,153 @@ fn process_case(
     }
 
     fs::create_dir_all(tmp_dir).with_context(|| format!("{}", tmp_dir.display()))?;
-    let size = settings.size;
-    let normalisation = slice_settings.normalisation;
-    let slices: Vec<SliceFiles> = (crop.applied..depth)
-        .into_par_iter()
-        .map(|k| -> anyhow::Result<SliceFiles> {
-            let (mut pixels, _, _) = axial_slice(ct, k);
-            for v in &mut pixels {
-                *v = normalisation.apply(*v);
-            }
-            let resized = resize_bilinear(&pixels, height, width, size);
-            let (labels, _, _) = axial_slice(mask, k);
-            let resized_mask = resize_nearest(&labels, height, width, size);
-            let image_name = format!("image_{k:04}.npy");
-            let mask_name = format!("mask_{k:04}.npy");
-            write_npy(
-                &tmp_dir.join(&image_name),
-                Array2::from_shape_vec((size, size), resized).expect("size x size"),
-            )?;
-            let tumour_voxels = resized_mask.iter().filter(|v| **v > 0).count() as u32;
-            write_npy(
-                &tmp_dir.join(&mask_name),
-                Array2::from_shape_vec((size, size), resized_mask).expect("size x size"),
-            )?;
-            let relative = Path::new(CASES_DIR).join(&case.id);
-            Ok(SliceFiles {
-                slice: k,
-                image: relative.join(image_name),
-                mask: relative.join(mask_name),
-                tumour_voxels,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let writer = SliceWriter {
+        case_id: &case.id,
+        dir: tmp_dir,
+        size: settings.size,
+        normalisation: slice_settings.normalisation,
+        mask: reorientation.canonical_view(label.data.view()),
+        height,
+        width,
+    };
+    let (image_geometry, mut slices) = if reorientation.permutation[2] == 2 {
+        stream_slices(&case.image, &options, &reorientation, crop.applied, &writer)?
+    } else {
+        // The file's slowest axis is not axial (e.g. sagittal slices): axial slices are spread
+        // through the whole file, so read it whole.
+        let image = read_volume_with(&case.image, &options)?;
+        check_label_matches(&image.geometry, &label.geometry, label_path)?;
+        let ct = reorientation.canonical_view(image.data.view());
+        let slices = (crop.applied..depth)
+            .into_par_iter()
+            .map(|k| writer.write(k, axial_slice(ct, k).0))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        (image.geometry, slices)
+    };
+    check_label_matches(&image_geometry, &label.geometry, label_path)?;
+    slices.sort_by_key(|s| s.slice);
 
     let record = CaseRecord {
         info: CaseInfo {
             id: case.id.clone(),
             inputs,
             settings: slice_settings.clone(),
-            original_shape: image.geometry.shape,
-            original_affine: image.geometry.affine,
-            original_orientation: image.geometry.orientation(),
+            original_shape: image_geometry.shape,
+            original_affine: image_geometry.affine,
+            original_orientation: image_geometry.orientation(),
             reorientation,
             canonical_shape: [width, height, depth],
             canonical_spacing: canonical_geometry.spacing,
             crop: crop.clone(),
             kept_slices: [crop.applied, depth],
-            resize_factors: [size as f64 / height as f64, size as f64 / width as f64],
-            normalisation,
+            resize_factors: [
+                settings.size as f64 / height as f64,
+                settings.size as f64 / width as f64,
+            ],
+            normalisation: slice_settings.normalisation,
             tumour_voxels: tumour_per_slice.iter().sum::<usize>() as u64,
         },
         slices,
     };
     ct_io::atomic::write_json(&tmp_dir.join(CASE_FILE), &record)?;
     Ok(record)
+}
+
+/// Decompresses the CT plane by plane (its slowest axis is axial) and hands each kept slice to
+/// the writers on the global pool as soon as it is decoded: the volume is never held whole, and
+/// resizing and writing overlap the decompression. Returns the CT's geometry and the slices.
+fn stream_slices(
+    image_path: &Path,
+    options: &ReadOptions,
+    reorientation: &Reorientation,
+    first_kept: usize,
+    writer: &SliceWriter,
+) -> anyhow::Result<(ct_io::Geometry, Vec<SliceFiles>)> {
+    let [nx, ny, nz] = reorientation.original_shape;
+    // The in-plane part of the reorientation, for one plane of the file.
+    let in_plane = Reorientation {
+        permutation: [
+            reorientation.permutation[0],
+            reorientation.permutation[1],
+            2,
+        ],
+        flip: [reorientation.flip[0], reorientation.flip[1], false],
+        original_shape: [nx, ny, 1],
+    };
+    let (sender, receiver) =
+        mpsc::sync_channel::<(usize, Vec<f32>)>(2 * rayon::current_num_threads());
+    std::thread::scope(|scope| {
+        let writers = scope.spawn(|| {
+            receiver
+                .into_iter()
+                .par_bridge()
+                .map(|(k, pixels)| writer.write(k, pixels))
+                .collect::<anyhow::Result<Vec<_>>>()
+        });
+        let read = read_planes_with(image_path, options, |k_file, plane| {
+            let k = if reorientation.flip[2] {
+                nz.saturating_sub(k_file + 1)
+            } else {
+                k_file
+            };
+            // A plane of another size means the CT does not match its label: reported below.
+            let Ok(view) = ArrayView3::from_shape((nx, ny, 1).f(), plane) else {
+                return;
+            };
+            if k >= first_kept && k_file < nz {
+                let (pixels, _, _) = axial_slice(in_plane.canonical_view(view), 0);
+                // A closed channel means the writers failed; their error is returned below.
+                let _ = sender.send((k, pixels));
+            }
+        });
+        drop(sender);
+        let slices = writers.join().expect("slice writers do not panic");
+        let (geometry, _) = read?;
+        Ok((geometry, slices?))
+    })
+}
+
+/// Normalises, resizes and writes one canonical axial slice (and its mask) of a case.
+struct SliceWriter<'a> {
+    case_id: &'a str,
+    dir: &'a Path,
+    size: usize,
+    normalisation: Normalisation,
+    /// The label in canonical order.
+    mask: ArrayView3<'a, u8>,
+    height: usize,
+    width: usize,
+}
+
+impl SliceWriter<'_> {
+    /// `pixels`: slice `k` of the CT in HU, row-major `height` x `width` (see [`axial_slice`]).
+    fn write(&self, k: usize, mut pixels: Vec<f32>) -> anyhow::Result<SliceFiles> {
+        for v in &mut pixels {
+            *v = self.normalisation.apply(*v);
+        }
+        let size = self.size;
+        let resized = resize_bilinear(&pixels, self.height, self.width, size);
+        let (labels, _, _) = axial_slice(self.mask, k);
+        let resized_mask = resize_nearest(&labels, self.height, self.width, size);
+        let tumour_voxels = resized_mask.iter().filter(|v| **v > 0).count() as u32;
+        let image_name = format!("image_{k:04}.npy");
+        let mask_name = format!("mask_{k:04}.npy");
+        write_npy(
+            &self.dir.join(&image_name),
+            Array2::from_shape_vec((size, size), resized).expect("size x size"),
+        )?;
+        write_npy(
+            &self.dir.join(&mask_name),
+            Array2::from_shape_vec((size, size), resized_mask).expect("size x size"),
+        )?;
+        let relative = Path::new(CASES_DIR).join(self.case_id);
+        Ok(SliceFiles {
+            slice: k,
+            image: relative.join(image_name),
+            mask: relative.join(mask_name),
+            tumour_voxels,
+        })
+    }
 }
 
 /// Tumour voxels per canonical axial slice, counted in the file's own layout (fast: the axial axis
