@@ -239,3 +239,108 @@ fn run_reference(
         input_bytes,
     ))
 }
+
+#[derive(clap::Args)]
+pub struct LoaderBench {
+    /// Batches timed per run (batch size 8).
+    #[arg(long, default_value_t = 30)]
+    batches: usize,
+    /// Slice size (the reference: 256).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    #[arg(long, default_value = "target/bench")]
+    dir: PathBuf,
+}
+
+/// `cargo xtask bench loader`: augmented slices/s the seg-data loader delivers, with every core
+/// and with one worker, against what training consumes.
+pub fn loader(args: LoaderBench) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use candle_core::Device;
+    use ct_preprocess::split::Split;
+    use seg_data::{DataConfig, Loader, SliceDataset};
+
+    let root = args.dir.join(format!("loader_{}", args.size));
+    let preprocessed = root.join("preprocessed");
+    if !preprocessed
+        .join(ct_preprocess::manifest::MANIFEST_FILE)
+        .is_file()
+    {
+        let synth = SynthConfig {
+            cases: 4,
+            test_cases: 0,
+            size: args.size.max(64),
+            slices: 64,
+            seed: 99,
+            orientation: "LAS".into(),
+        };
+        write_task(&root.join("task"), &synth)?;
+        let task = read_task(&root.join("task"))?;
+        let settings = PreprocessConfig {
+            size: args.size,
+            crop_slices: 0,
+            validation_fraction: 0.0,
+            ..PreprocessConfig::default()
+        };
+        let ids: Vec<String> = task.training.iter().map(|c| c.id.clone()).collect();
+        let split = SplitRecord::new(&ids, &settings).map_err(anyhow::Error::msg)?;
+        ct_preprocess::preprocess(
+            &task.training,
+            &root.join("task"),
+            &split,
+            &settings,
+            &preprocessed,
+        )?;
+    }
+    let dataset = Arc::new(SliceDataset::open(&preprocessed, Split::Train, 0)?);
+    let batch_size = 8;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rows = Vec::new();
+    for workers in [cores, 1] {
+        let config = DataConfig {
+            workers,
+            samples_per_epoch: args.batches * batch_size,
+            ..DataConfig::default()
+        };
+        let loader = Loader::new(Arc::clone(&dataset), &config, Device::Cpu)?;
+        let sampler = loader.sampler()?;
+        let start = Instant::now();
+        let mut slices = 0;
+        for batch in loader.train_epoch(&sampler, 0, batch_size) {
+            slices += batch?.indices.len();
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        rows.push(serde_json::json!({
+            "workers": workers,
+            "slices": slices,
+            "seconds": seconds,
+            "slices_per_s": slices as f64 / seconds,
+        }));
+    }
+    println!(
+        "loader benchmark: {}x{} slices, batch {batch_size}, default augmentation (affine + elastic), {} batches",
+        args.size, args.size, args.batches
+    );
+    println!("{:>8} {:>10} {:>12}", "workers", "seconds", "slices/s");
+    for r in &rows {
+        println!(
+            "{:>8} {:>10.2} {:>12.1}",
+            r["workers"],
+            r["seconds"].as_f64().unwrap_or(0.0),
+            r["slices_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "training consumes, per the reference's recorded step times at batch 8 on this machine: \
+         {:.1} slices/s (width 16, 128²), {:.1} (width 16, 256²), {:.2} (width 64, 256²)",
+        8.0 / 0.353,
+        8.0 / 1.95,
+        8.0 / 22.1
+    );
+    println!(
+        "{}",
+        serde_json::json!({"benchmark": "loader", "size": args.size, "rows": rows})
+    );
+    Ok(())
+}

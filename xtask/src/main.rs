@@ -30,6 +30,8 @@ enum Command {
 enum Bench {
     /// ct-preprocess on MSD-sized volumes vs gunzip alone and the reference pipeline.
     Preprocess(bench::PreprocessBench),
+    /// seg-data's augmented batches per second, all workers and one.
+    Loader(bench::LoaderBench),
 }
 
 #[derive(clap::Args)]
@@ -117,5 +119,6 @@ fn main() -> ExitCode {
     ct_io::cli::run(|| match cli.command {
         Command::Synth(args) => synth(args),
         Command::Bench(Bench::Preprocess(args)) => bench::preprocess(args),
+        Command::Bench(Bench::Loader(args)) => bench::loader(args),
     })
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod geometry;
 pub mod nii;
 pub mod phantom;
+pub mod seed;
 pub mod task;
 
 pub use error::{Error, Result};

@@ -23,6 +23,7 @@ use crate::config::{Invalid, Section};
 use crate::error::Result;
 use crate::geometry::{Geometry, Reorientation, affine_for_orientation, parse_orientation};
 use crate::nii::write_volume;
+use crate::seed::splitmix64 as mix;
 
 /// `[synth]`: the synthetic task folder the demo pipeline trains on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -451,14 +452,6 @@ fn branch(
         let next_length = length * rng.random_range(0.7..0.9);
         branch(canvas, rng, end, next, next_length, radius * 0.78, kind);
     }
-}
-
-/// splitmix64: a fast, well-mixed hash for per-voxel noise that needs no shared RNG state.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Approximately standard normal (sum of four uniforms), from one hash.

@@ -1,0 +1,107 @@
+//! `[data]`: what the network sees and how training samples are drawn.
+
+use ct_io::config::{Invalid, Section};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Neighbouring slices on each side used as extra input channels: C = 2 x context + 1
+    /// (0, the reference: one slice).
+    pub context: usize,
+    /// Augment training samples (never validation ones).
+    pub augment: bool,
+    /// Rotation drawn uniformly from ±`rotation_deg`.
+    pub rotation_deg: f32,
+    /// Isotropic scale drawn uniformly from `[lo, hi]`.
+    pub scale: [f32; 2],
+    /// Translation drawn per axis uniformly from ±`translation` x the image size.
+    pub translation: f32,
+    /// Elastic deformation strength in pixels, drawn uniformly from `[lo, hi]` (0 = off).
+    pub elastic_alpha: [f32; 2],
+    /// Smoothness of the elastic displacement field in pixels, drawn from `[lo, hi]`.
+    pub elastic_sigma: [f32; 2],
+    /// Mirror left-right with probability 0.5.
+    pub flip_lr: bool,
+    /// Multiply intensities by 1 + u and add v, u, v drawn from ±`intensity_jitter` (0 = off).
+    pub intensity_jitter: f32,
+    /// Target fraction of tumour slices among sampled training slices (the reference: 0.5);
+    /// 0 samples every slice with the same weight.
+    pub tumour_fraction: f64,
+    /// Training samples per epoch, drawn with replacement; 0 = the number of training slices.
+    pub samples_per_epoch: usize,
+    /// Threads preparing batches; 0 = one per core.
+    pub workers: usize,
+    /// Batches prepared ahead of the trainer.
+    pub prefetch: usize,
+    /// Seed of sampling and augmentation.
+    pub seed: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            context: 0,
+            augment: true,
+            rotation_deg: 45.0,
+            scale: [0.85, 1.15],
+            translation: 0.15,
+            elastic_alpha: [0.0, 40.0],
+            elastic_sigma: [4.0, 8.0],
+            flip_lr: false,
+            intensity_jitter: 0.0,
+            tumour_fraction: 0.5,
+            samples_per_epoch: 0,
+            workers: 0,
+            prefetch: 4,
+            seed: 42,
+        }
+    }
+}
+
+fn range_ok(r: [f32; 2], min: f32) -> bool {
+    r[0].is_finite() && r[1].is_finite() && min <= r[0] && r[0] <= r[1]
+}
+
+impl Section for DataConfig {
+    const NAME: &'static str = "data";
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.context > 16 {
+            return Err(Invalid::new("context", "must be 0..=16 slices"));
+        }
+        if !(0.0..=180.0).contains(&self.rotation_deg) {
+            return Err(Invalid::new("rotation_deg", "must be 0..=180"));
+        }
+        if !range_ok(self.scale, 0.01) {
+            return Err(Invalid::new("scale", "must be [lo, hi] with 0 < lo <= hi"));
+        }
+        if !(0.0..=1.0).contains(&self.translation) {
+            return Err(Invalid::new(
+                "translation",
+                "must be 0..=1 (a fraction of the size)",
+            ));
+        }
+        if !range_ok(self.elastic_alpha, 0.0) {
+            return Err(Invalid::new(
+                "elastic_alpha",
+                "must be [lo, hi] with 0 <= lo <= hi",
+            ));
+        }
+        if !range_ok(self.elastic_sigma, 0.1) || self.elastic_sigma[1] > 64.0 {
+            return Err(Invalid::new(
+                "elastic_sigma",
+                "must be [lo, hi] with 0.1 <= lo <= hi <= 64",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.intensity_jitter) {
+            return Err(Invalid::new("intensity_jitter", "must be 0..=1"));
+        }
+        if !(0.0..1.0).contains(&self.tumour_fraction) {
+            return Err(Invalid::new("tumour_fraction", "must be in [0, 1)"));
+        }
+        if self.prefetch == 0 {
+            return Err(Invalid::new("prefetch", "must be at least 1"));
+        }
+        Ok(())
+    }
+}

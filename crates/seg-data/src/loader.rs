@@ -1,0 +1,205 @@
+//! Batches as candle tensors, prepared on worker threads ahead of the trainer.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::augment::Transform;
+use crate::config::DataConfig;
+use crate::dataset::{Sample, SliceDataset};
+use crate::mix;
+use crate::sampler::WeightedSampler;
+
+/// A batch: `images` `[B, C, H, W]` f32, `masks` `[B, 1, H, W]` f32 (0 or 1), and the dataset
+/// indices of its samples.
+#[derive(Debug)]
+pub struct Batch {
+    pub images: Tensor,
+    pub masks: Tensor,
+    pub indices: Vec<usize>,
+}
+
+/// One planned sample: a dataset index and the seed of its augmentation (None: as stored).
+type Planned = (usize, Option<u64>);
+
+/// Produces batches on a background thread, `prefetch` ahead, each assembled by a pool of
+/// `workers` threads. The content of every batch depends only on the plan, never on timing.
+pub struct Loader {
+    dataset: Arc<SliceDataset>,
+    config: DataConfig,
+    device: Device,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl Loader {
+    pub fn new(
+        dataset: Arc<SliceDataset>,
+        config: &DataConfig,
+        device: Device,
+    ) -> anyhow::Result<Loader> {
+        let workers = if config.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.workers
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|i| format!("loader-{i}"))
+            .build()
+            .context("cannot start loader threads")?;
+        Ok(Loader {
+            dataset,
+            config: config.clone(),
+            device,
+            pool: Arc::new(pool),
+        })
+    }
+
+    pub fn dataset(&self) -> &SliceDataset {
+        &self.dataset
+    }
+
+    /// The training sampler of `[data]`: tumour oversampling over this dataset's slices.
+    pub fn sampler(&self) -> anyhow::Result<WeightedSampler> {
+        let has_tumour: Vec<bool> = self
+            .dataset
+            .items()
+            .iter()
+            .map(|i| i.tumour_voxels > 0)
+            .collect();
+        let samples = match self.config.samples_per_epoch {
+            0 => self.dataset.len(),
+            n => n,
+        };
+        WeightedSampler::for_tumour_fraction(&has_tumour, self.config.tumour_fraction, samples)
+    }
+
+    /// The training batches of `epoch`: sampled slices, augmented when `[data] augment` is on.
+    /// Full batches only (a last partial batch is dropped).
+    pub fn train_epoch(&self, sampler: &WeightedSampler, epoch: u64, batch_size: usize) -> Batches {
+        let seed = self.config.seed;
+        let augment = self.config.augment;
+        let draws = sampler.epoch(seed, epoch);
+        let plan: Vec<Vec<Planned>> = draws
+            .chunks_exact(batch_size)
+            .enumerate()
+            .map(|(b, chunk)| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &index)| {
+                        let position = (b * batch_size + i) as u64;
+                        (index, augment.then(|| mix(seed, epoch, position)))
+                    })
+                    .collect()
+            })
+            .collect();
+        self.run(plan)
+    }
+
+    /// Every slice once, in order, as stored (for validation); the last batch may be smaller.
+    pub fn in_order(&self, batch_size: usize) -> Batches {
+        let indices: Vec<usize> = (0..self.dataset.len()).collect();
+        let plan = indices
+            .chunks(batch_size)
+            .map(|chunk| chunk.iter().map(|&i| (i, None)).collect())
+            .collect();
+        self.run(plan)
+    }
+
+    fn run(&self, plan: Vec<Vec<Planned>>) -> Batches {
+        let (sender, receiver) = sync_channel(self.config.prefetch);
+        let dataset = Arc::clone(&self.dataset);
+        let pool = Arc::clone(&self.pool);
+        let config = self.config.clone();
+        let device = self.device.clone();
+        let producer = std::thread::Builder::new()
+            .name("loader".into())
+            .spawn(move || {
+                for batch in plan {
+                    let made = pool.install(|| make_batch(&dataset, &config, &device, &batch));
+                    let failed = made.is_err();
+                    if sender.send(made).is_err() || failed {
+                        return; // the consumer is gone, or it has the error
+                    }
+                }
+            })
+            .expect("spawning the loader thread");
+        Batches {
+            receiver,
+            producer: Some(producer),
+        }
+    }
+}
+
+/// Loads, augments and stacks one batch (samples in parallel on the current pool).
+fn make_batch(
+    dataset: &SliceDataset,
+    config: &DataConfig,
+    device: &Device,
+    plan: &[Planned],
+) -> anyhow::Result<Batch> {
+    let samples: Vec<Sample> = plan
+        .par_iter()
+        .map(|&(index, seed)| prepare(dataset, config, index, seed))
+        .collect::<anyhow::Result<_>>()?;
+    let (b, c, s) = (samples.len(), dataset.channels(), dataset.size());
+    let mut images: Vec<f32> = Vec::with_capacity(b * c * s * s);
+    let mut masks = Vec::with_capacity(b * s * s);
+    for sample in &samples {
+        images.extend(sample.image.iter());
+        masks.extend(sample.mask.iter().map(|&m| f32::from(m)));
+    }
+    Ok(Batch {
+        images: Tensor::from_vec(images, (b, c, s, s), device)?,
+        masks: Tensor::from_vec(masks, (b, 1, s, s), device)?,
+        indices: plan.iter().map(|p| p.0).collect(),
+    })
+}
+
+/// One sample as the trainer sees it: augmented with the transform drawn from `seed`.
+pub fn prepare(
+    dataset: &SliceDataset,
+    config: &DataConfig,
+    index: usize,
+    seed: Option<u64>,
+) -> anyhow::Result<Sample> {
+    let sample = dataset.load(index)?;
+    Ok(match seed {
+        None => sample,
+        Some(seed) => {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            Transform::sample(config, dataset.size(), &mut rng).apply(&sample, dataset.air())
+        }
+    })
+}
+
+/// The batches of one pass, in plan order. Dropping it stops the background work.
+pub struct Batches {
+    receiver: Receiver<anyhow::Result<Batch>>,
+    producer: Option<JoinHandle<()>>,
+}
+
+impl Iterator for Batches {
+    type Item = anyhow::Result<Batch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.receiver.recv().ok()
+    }
+}
+
+impl Drop for Batches {
+    fn drop(&mut self) {
+        // Unblock the producer (its next send fails), then wait for it.
+        let (_, dead) = sync_channel(0);
+        drop(std::mem::replace(&mut self.receiver, dead));
+        if let Some(producer) = self.producer.take() {
+            let _ = producer.join();
+        }
+    }
+}
