@@ -344,3 +344,138 @@ pub fn loader(args: LoaderBench) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct ModelBench {
+    /// Base widths to measure (the reference: 64).
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
+    widths: Vec<usize>,
+    /// Slice sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "128,256")]
+    sizes: Vec<usize>,
+    /// Timed steps per configuration (after one warm-up step); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Measure one configuration in this process (used by the parent run, one child per
+    /// configuration, so each peak memory figure is that configuration's alone).
+    #[arg(long, num_args = 2, value_names = ["WIDTH", "SIZE"], hide = true)]
+    one: Option<Vec<usize>>,
+}
+
+/// `cargo xtask bench model`: forward and forward + backward + Adam time per batch of 8, and
+/// peak memory, for each width and size, on CPU.
+pub fn model(args: ModelBench) -> anyhow::Result<()> {
+    if let Some(one) = &args.one {
+        let row = measure_model(one[0], one[1], args.steps)?;
+        println!("{row}");
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    println!(
+        "model benchmark: batch 8, CPU, {} threads, median of {} steps",
+        rayon::current_num_threads(),
+        args.steps
+    );
+    println!(
+        "{:>6} {:>6} {:>14} {:>18} {:>14}",
+        "width", "size", "train step s", "forward s/slice", "peak RSS MB"
+    );
+    for &width in &args.widths {
+        for &size in &args.sizes {
+            let output = Command::new(&exe)
+                .args([
+                    "bench",
+                    "model",
+                    "--steps",
+                    &args.steps.to_string(),
+                    "--one",
+                ])
+                .args([width.to_string(), size.to_string()])
+                .output()?;
+            anyhow::ensure!(
+                output.status.success(),
+                "width {width}, size {size}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let row: serde_json::Value = serde_json::from_slice(&output.stdout)
+                .context("the measuring child printed no JSON")?;
+            println!(
+                "{:>6} {:>6} {:>14.2} {:>18.4} {:>14.0}",
+                width,
+                size,
+                row["train_step_s"].as_f64().unwrap_or(f64::NAN),
+                row["forward_s_per_slice"].as_f64().unwrap_or(f64::NAN),
+                row["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
+            );
+            rows.push(row);
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"benchmark": "model", "batch": 8, "rows": rows})
+    );
+    Ok(())
+}
+
+fn measure_model(width: usize, size: usize, steps: usize) -> anyhow::Result<serde_json::Value> {
+    use candle_core::{Device, Module, Tensor};
+    use candle_nn::Optimizer;
+    use seg_model::{Model, ModelConfig};
+
+    let device = Device::Cpu;
+    let model = Model::new(
+        &ModelConfig {
+            width,
+            ..ModelConfig::default()
+        },
+        &device,
+    )?;
+    let x = Tensor::randn(0f32, 1.0, (8, 1, size, size), &device)?;
+    let t = Tensor::randn(0f32, 1.0, (8, 1, size, size), &device)?
+        .ge(1.0)?
+        .to_dtype(candle_core::DType::F32)?;
+    let vars = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
+    let params = candle_nn::ParamsAdamW {
+        lr: 1e-4,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut adam = candle_nn::AdamW::new(vars, params)?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut step_times = Vec::new();
+    for step in 0..=steps {
+        let start = Instant::now();
+        let loss = seg_model::ops::bce_with_logits(&model.unet.forward_t(&x, true)?, &t)?;
+        adam.backward_step(&loss)?;
+        if step > 0 {
+            step_times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let mut forward_times = Vec::new();
+    for step in 0..=steps {
+        let start = Instant::now();
+        let y = model.unet.forward(&x.detach())?.detach();
+        let _ = y.sum_all()?.to_scalar::<f32>()?;
+        if step > 0 {
+            forward_times.push(start.elapsed().as_secs_f64() / 8.0);
+        }
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok(serde_json::json!({
+        "width": width,
+        "size": size,
+        "parameters": model.parameter_count(),
+        "train_step_s": median(step_times),
+        "forward_s_per_slice": median(forward_times),
+        "peak_rss_mb": peak_kb / 1024.0,
+    }))
+}

@@ -32,6 +32,8 @@ enum Bench {
     Preprocess(bench::PreprocessBench),
     /// seg-data's augmented batches per second, all workers and one.
     Loader(bench::LoaderBench),
+    /// The U-Net's forward and training-step time and peak memory on CPU.
+    Model(bench::ModelBench),
 }
 
 #[derive(clap::Args)]
@@ -120,5 +122,6 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth(args),
         Command::Bench(Bench::Preprocess(args)) => bench::preprocess(args),
         Command::Bench(Bench::Loader(args)) => bench::loader(args),
+        Command::Bench(Bench::Model(args)) => bench::model(args),
     })
 }

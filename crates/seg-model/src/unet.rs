@@ -1,0 +1,169 @@
+//! The U-Net. At the default `[model]` it is the reference network, parameter for parameter and
+//! name for name (`layer1.step.0.weight` … `layer8.bias`), so PyTorch weights load unchanged.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{
+    BatchNorm, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder,
+};
+
+use crate::config::{ModelConfig, Upsampling};
+use crate::ops::{max_pool2x2, upsample_bilinear2x};
+
+/// conv3x3 → (batch norm) → ReLU, twice. The convolutions are `step.0` and `step.2` as in the
+/// reference's `nn.Sequential(conv, ReLU, conv, ReLU)`.
+pub struct DoubleConv {
+    conv1: Conv2d,
+    norm1: Option<BatchNorm>,
+    conv2: Conv2d,
+    norm2: Option<BatchNorm>,
+}
+
+impl DoubleConv {
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        batch_norm: bool,
+    ) -> Result<Self> {
+        let padded = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let norm = |name: &str| -> Result<Option<BatchNorm>> {
+            batch_norm
+                .then(|| candle_nn::batch_norm(out_channels, 1e-5, vb.pp(name)))
+                .transpose()
+        };
+        Ok(DoubleConv {
+            conv1: candle_nn::conv2d(in_channels, out_channels, 3, padded, vb.pp("step.0"))?,
+            norm1: norm("norm.0")?,
+            conv2: candle_nn::conv2d(out_channels, out_channels, 3, padded, vb.pp("step.2"))?,
+            norm2: norm("norm.2")?,
+        })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = self.conv1.forward(x)?;
+        if let Some(norm) = &self.norm1 {
+            h = norm.forward_t(&h, train)?;
+        }
+        h = self.conv2.forward(&h.relu()?)?;
+        if let Some(norm) = &self.norm2 {
+            h = norm.forward_t(&h, train)?;
+        }
+        h.relu()
+    }
+}
+
+/// Encoder levels `layer1..=layer{depth}`, decoder levels `layer{depth+1}..=layer{2 depth - 1}`
+/// (upsample, concatenate [upsampled, skip], DoubleConv), head `layer{2 depth}`: a 1x1 conv to
+/// one logit per pixel.
+pub struct UNet {
+    config: ModelConfig,
+    encoder: Vec<DoubleConv>,
+    upsamplers: Vec<Option<ConvTranspose2d>>,
+    decoder: Vec<DoubleConv>,
+    head: Conv2d,
+}
+
+impl UNet {
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<UNet> {
+        let depth = config.depth;
+        let width = |level: usize| config.width << level;
+        let mut encoder = Vec::with_capacity(depth);
+        for level in 0..depth {
+            let input = if level == 0 {
+                config.in_channels
+            } else {
+                width(level - 1)
+            };
+            encoder.push(DoubleConv::new(
+                vb.pp(format!("layer{}", level + 1)),
+                input,
+                width(level),
+                config.batch_norm,
+            )?);
+        }
+        let mut upsamplers = Vec::with_capacity(depth - 1);
+        let mut decoder = Vec::with_capacity(depth - 1);
+        for step in 0..depth - 1 {
+            let level = depth - 2 - step; // the level this step arrives at
+            let below = width(level + 1);
+            upsamplers.push(match config.upsampling {
+                Upsampling::Bilinear => None,
+                Upsampling::Transposed => Some(candle_nn::conv_transpose2d(
+                    below,
+                    below,
+                    2,
+                    ConvTranspose2dConfig {
+                        stride: 2,
+                        ..Default::default()
+                    },
+                    vb.pp(format!("up{}", step + 1)),
+                )?),
+            });
+            decoder.push(DoubleConv::new(
+                vb.pp(format!("layer{}", depth + 1 + step)),
+                below + width(level),
+                width(level),
+                config.batch_norm,
+            )?);
+        }
+        let head = candle_nn::conv2d(
+            config.width,
+            1,
+            1,
+            Conv2dConfig::default(),
+            vb.pp(format!("layer{}", 2 * depth)),
+        )?;
+        Ok(UNet {
+            config: config.clone(),
+            encoder,
+            upsamplers,
+            decoder,
+            head,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Logits `[B, 1, H, W]` for input `[B, in_channels, H, W]`; H and W must be multiples of
+    /// 2^(depth - 1). `train` switches batch norm to batch statistics.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (_, channels, h, w) = x.dims4()?;
+        let multiple = self.config.size_multiple();
+        if channels != self.config.in_channels || h % multiple != 0 || w % multiple != 0 {
+            candle_core::bail!(
+                "U-Net input is {channels}x{h}x{w}; it needs {} channels and a size that is a multiple of {multiple}",
+                self.config.in_channels
+            );
+        }
+        let mut skips = Vec::with_capacity(self.config.depth - 1);
+        let mut h = x.clone();
+        for (level, block) in self.encoder.iter().enumerate() {
+            h = block.forward_t(&h, train)?;
+            if level + 1 < self.encoder.len() {
+                skips.push(h.clone());
+                h = max_pool2x2(&h)?;
+            }
+        }
+        for (block, upsampler) in self.decoder.iter().zip(&self.upsamplers) {
+            let up = match upsampler {
+                None => upsample_bilinear2x(&h)?,
+                Some(conv) => conv.forward(&h)?,
+            };
+            let skip = skips.pop().expect("one skip per decoder level");
+            h = block.forward_t(&Tensor::cat(&[up, skip], 1)?, train)?;
+        }
+        self.head.forward(&h)
+    }
+}
+
+impl Module for UNet {
+    /// Inference: batch norm (if any) uses its running statistics.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, false)
+    }
+}

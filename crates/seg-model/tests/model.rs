@@ -1,0 +1,429 @@
+//! seg-model: exact gradients of the replaced ops, the reference architecture, PyTorch
+//! equivalence, checkpoints, and that the network can learn.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::Optimizer;
+use seg_model::ops::{bce_with_logits, max_pool2x2, upsample_bilinear2x};
+use seg_model::{Model, ModelConfig, Upsampling, parse_device};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// Compares the autograd gradient of sum(op(x) * w) with central differences, in f64.
+fn check_gradient(op: impl Fn(&Tensor) -> candle_core::Result<Tensor>, x: Tensor) {
+    let device = Device::Cpu;
+    let x = Var::from_tensor(&x).unwrap();
+    let out = op(x.as_tensor()).unwrap();
+    let w = Tensor::randn(0f64, 1.0, out.shape(), &device).unwrap();
+    let loss = |t: &Tensor| -> f64 {
+        (op(t).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let grads = (out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let analytic: Vec<f64> = grads
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let base: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let eps = 1e-6;
+    for i in 0..base.len() {
+        let mut plus = base.clone();
+        plus[i] += eps;
+        let mut minus = base.clone();
+        minus[i] -= eps;
+        let at = |v: Vec<f64>| Tensor::from_vec(v, x.shape(), &device).unwrap();
+        let numeric = (loss(&at(plus)) - loss(&at(minus))) / (2.0 * eps);
+        assert!(
+            (numeric - analytic[i]).abs() < 1e-5 * (1.0 + numeric.abs()),
+            "element {i}: autograd {} vs finite differences {numeric}",
+            analytic[i]
+        );
+    }
+}
+
+#[test]
+fn max_pool_routes_the_whole_gradient_to_each_maximum() {
+    let x = Tensor::randn(0f64, 1.0, (2, 3, 4, 6), &Device::Cpu).unwrap();
+    check_gradient(max_pool2x2, x);
+    // [[1, 2], [3, 4]]: the 4 gets the gradient 1 (candle's own max_pool2d gives 0.25).
+    let x =
+        Var::from_tensor(&Tensor::new(&[[[[1f32, 2.], [3., 4.]]]], &Device::Cpu).unwrap()).unwrap();
+    let g = max_pool2x2(x.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(g, [0.0, 0.0, 0.0, 1.0]);
+}
+
+#[test]
+fn bilinear_upsampling_has_exact_gradients_and_matches_pytorch() {
+    let x = Tensor::randn(0f64, 1.0, (1, 2, 3, 5), &Device::Cpu).unwrap();
+    check_gradient(upsample_bilinear2x, x);
+    let io = candle_core::safetensors::load(fixture("io.safetensors"), &Device::Cpu).unwrap();
+    let ours = upsample_bilinear2x(&io["upsample_input"]).unwrap();
+    assert_eq!(ours.dims(), [1, 2, 6, 10]);
+    assert!(max_abs_diff(&ours, &io["upsample_output"]) < 1e-6);
+}
+
+#[test]
+fn bce_with_logits_is_exact_and_finite_for_huge_logits() {
+    let logits = Tensor::randn(0f64, 3.0, (2, 1, 3, 3), &Device::Cpu).unwrap();
+    let targets = Tensor::randn(0f64, 1.0, (2, 1, 3, 3), &Device::Cpu)
+        .unwrap()
+        .ge(0.0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    check_gradient(|x| bce_with_logits(x, &targets), logits);
+    let logits =
+        Var::from_tensor(&Tensor::new(&[-100f32, -50., 0., 50., 100.], &Device::Cpu).unwrap())
+            .unwrap();
+    let targets = Tensor::new(&[1f32, 0., 1., 0., 1.], &Device::Cpu).unwrap();
+    let loss = bce_with_logits(logits.as_tensor(), &targets).unwrap();
+    let value = loss.to_scalar::<f32>().unwrap();
+    // (100 + 0 + ln 2 + 50 + 0) / 5
+    assert!((value - (150.0 + 2f32.ln()) / 5.0).abs() < 1e-4, "{value}");
+    let grad: Vec<f32> = loss
+        .backward()
+        .unwrap()
+        .get(&logits)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(grad.iter().all(|g| g.is_finite()));
+    assert!(
+        (grad[0] + 0.2).abs() < 1e-6 && (grad[3] - 0.2).abs() < 1e-6,
+        "{grad:?}"
+    );
+}
+
+#[test]
+fn the_default_model_is_the_reference_network() {
+    let model = Model::new(&ModelConfig::default(), &Device::Cpu).unwrap();
+    assert_eq!(model.parameter_count(), 7_781_761);
+    let names: Vec<String> = model.named_vars().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"layer1.step.0.weight".to_string()));
+    assert!(names.contains(&"layer7.step.2.bias".to_string()));
+    assert!(names.contains(&"layer8.weight".to_string()));
+    assert_eq!(names.len(), 7 * 4 + 2);
+}
+
+#[test]
+fn imported_pytorch_weights_give_pytorch_outputs() {
+    let io = candle_core::safetensors::load(fixture("io.safetensors"), &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "reference_w4.pt",
+        "reference_w4.ckpt",
+        "reference_w4.safetensors",
+    ] {
+        let out = dir.path().join(file);
+        let info = seg_model::import::import_torch(&fixture(file), &out).unwrap();
+        assert_eq!(
+            (info.model.width, info.model.depth, info.model.in_channels),
+            (4, 4, 1)
+        );
+        assert_eq!(info.parameters, 30_601);
+        let (model, _) = Model::load(&out, &Device::Cpu).unwrap();
+        let y = model.unet.forward(&io["input"]).unwrap();
+        let diff = max_abs_diff(&y, &io["output"]);
+        assert!(diff < 1e-4, "{file}: differs from PyTorch by {diff}");
+    }
+}
+
+#[test]
+fn the_binary_imports_and_describes_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ckpt");
+    let bin = env!("CARGO_BIN_EXE_seg-model");
+    let run = std::process::Command::new(bin)
+        .args(["import-torch", "--weights"])
+        .arg(fixture("reference_w4.ckpt"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let info = std::process::Command::new(bin)
+        .arg("info")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("width 4, depth 4") && text.contains("parameters: 30601"),
+        "{text}"
+    );
+    let missing = std::process::Command::new(bin)
+        .arg("info")
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no checkpoint here"));
+}
+
+#[test]
+fn checkpoints_round_trip_bit_exactly_and_refuse_mismatches() {
+    let config = ModelConfig {
+        width: 4,
+        depth: 3,
+        init_seed: 7,
+        ..ModelConfig::default()
+    };
+    let model = Model::new(&config, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("best");
+    let preprocess = serde_json::json!({"size": 64});
+    model
+        .save(
+            &ckpt,
+            Some(preprocess.clone()),
+            serde_json::json!({"epoch": 2}),
+        )
+        .unwrap();
+    // Saving again replaces it in place.
+    model
+        .save(
+            &ckpt,
+            Some(preprocess.clone()),
+            serde_json::json!({"epoch": 2}),
+        )
+        .unwrap();
+    let (loaded, info) = Model::load(&ckpt, &Device::Cpu).unwrap();
+    assert_eq!(info.preprocess, Some(preprocess));
+    assert_eq!(info.model, config);
+    for ((na, a), (nb, b)) in model.named_vars().iter().zip(loaded.named_vars()) {
+        assert_eq!(na, &nb);
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            a.flatten_all().unwrap().to_vec1().unwrap(),
+            b.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{na}"
+        );
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "no temporary or previous folder left: {names:?}"
+    );
+
+    // A sidecar that does not match the weights.
+    let sidecar = ckpt.join("checkpoint.json");
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    std::fs::write(&sidecar, text.replace("\"width\": 4", "\"width\": 8")).unwrap();
+    let err = format!("{:#}", Model::load(&ckpt, &Device::Cpu).err().unwrap());
+    assert!(
+        err.contains("model.safetensors") && err.contains("shape"),
+        "{err}"
+    );
+    std::fs::write(&sidecar, &text).unwrap();
+    // A weights file with a tensor missing.
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(ckpt.join("model.safetensors"), &Device::Cpu).unwrap();
+    tensors.remove("layer2.step.2.bias");
+    candle_core::safetensors::save(&tensors, ckpt.join("model.safetensors")).unwrap();
+    let err = format!("{:#}", Model::load(&ckpt, &Device::Cpu).err().unwrap());
+    assert!(err.contains("missing tensors layer2.step.2.bias"), "{err}");
+}
+
+#[test]
+fn initialisation_is_deterministic_per_seed() {
+    let weights = |seed| -> Vec<f32> {
+        let model = Model::new(
+            &ModelConfig {
+                width: 2,
+                depth: 2,
+                init_seed: seed,
+                ..ModelConfig::default()
+            },
+            &Device::Cpu,
+        )
+        .unwrap();
+        model
+            .named_vars()
+            .iter()
+            .flat_map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    };
+    assert_eq!(weights(1), weights(1));
+    assert_ne!(weights(1), weights(2));
+    // PyTorch's bound for layer1.step.0 (fan_in 9): 1/3.
+    assert!(weights(1).iter().all(|v| v.abs() <= 1.0));
+}
+
+#[test]
+fn the_variants_build_and_keep_the_output_shape() {
+    for (upsampling, batch_norm) in [
+        (Upsampling::Transposed, false),
+        (Upsampling::Bilinear, true),
+    ] {
+        let config = ModelConfig {
+            in_channels: 3,
+            width: 4,
+            depth: 3,
+            upsampling,
+            batch_norm,
+            init_seed: 0,
+        };
+        let model = Model::new(&config, &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 16, 16), &Device::Cpu).unwrap();
+        assert_eq!(
+            model.unet.forward_t(&x, true).unwrap().dims(),
+            [2, 1, 16, 16]
+        );
+        assert_eq!(model.unet.forward(&x).unwrap().dims(), [2, 1, 16, 16]);
+    }
+    let model = Model::new(
+        &ModelConfig {
+            width: 2,
+            depth: 3,
+            ..ModelConfig::default()
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    let err = model
+        .unet
+        .forward(&Tensor::zeros((1, 1, 18, 16), DType::F32, &Device::Cpu).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("multiple of 4"), "{err}");
+}
+
+#[test]
+fn devices_parse_and_cuda_needs_the_feature() {
+    assert!(parse_device("cpu").unwrap().is_cpu());
+    assert!(parse_device("auto").is_ok());
+    assert!(
+        parse_device("gpu")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown device")
+    );
+    if !cfg!(feature = "cuda") {
+        assert!(
+            parse_device("cuda:0")
+                .unwrap_err()
+                .to_string()
+                .contains("--features cuda")
+        );
+    }
+}
+
+#[test]
+fn a_tiny_unet_overfits_one_slice() {
+    let device = Device::Cpu;
+    let size = 32;
+    let mut image = vec![-0.3f32; size * size];
+    let mut mask = vec![0f32; size * size];
+    for r in 0..size {
+        for c in 0..size {
+            let (dy, dx) = (r as f32 - 12.0, c as f32 - 18.0);
+            if dy * dy + dx * dx < 36.0 {
+                image[r * size + c] = 0.02;
+                mask[r * size + c] = 1.0;
+            }
+        }
+    }
+    let x = Tensor::from_vec(image, (1, 1, size, size), &device).unwrap();
+    let t = Tensor::from_vec(mask, (1, 1, size, size), &device).unwrap();
+    let model = Model::new(
+        &ModelConfig {
+            width: 8,
+            depth: 3,
+            init_seed: 3,
+            ..ModelConfig::default()
+        },
+        &device,
+    )
+    .unwrap();
+    let vars: Vec<Var> = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
+    let params = candle_nn::ParamsAdamW {
+        lr: 1e-2,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut adam = candle_nn::AdamW::new(vars, params).unwrap();
+    let dice = |logits: &Tensor| -> f32 {
+        let p = logits.ge(0.0).unwrap().to_dtype(DType::F32).unwrap();
+        let inter = (&p * &t)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let total = (p.sum_all().unwrap() + t.sum_all().unwrap())
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        2.0 * inter / total.max(1.0)
+    };
+    let mut best = 0.0f32;
+    for _ in 0..300 {
+        let logits = model.unet.forward_t(&x, true).unwrap();
+        best = best.max(dice(&logits));
+        if best > 0.95 {
+            break;
+        }
+        let loss = bce_with_logits(&logits, &t).unwrap();
+        adam.backward_step(&loss).unwrap();
+    }
+    assert!(best > 0.95, "Dice {best} after 300 steps");
+}
+
+#[test]
+fn the_shipped_configs_have_valid_model_sections() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    for name in ["default.toml", "msd.toml", "smoke.toml"] {
+        let config = ct_io::config::Config::load(&dir.join(name), &[]).unwrap();
+        let model: ModelConfig = config.section().unwrap();
+        if name == "msd.toml" {
+            assert_eq!(
+                model,
+                ModelConfig::default(),
+                "msd.toml is the reference network"
+            );
+        }
+    }
+}
