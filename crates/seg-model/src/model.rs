@@ -170,6 +170,18 @@ impl Model {
         preprocess: Option<serde_json::Value>,
         extra: serde_json::Value,
     ) -> anyhow::Result<CheckpointInfo> {
+        self.save_with(dir, preprocess, extra, &[])
+    }
+
+    /// [`Model::save`] with more safetensors files in the same folder (e.g. optimiser state),
+    /// written and swapped in together with the weights.
+    pub fn save_with(
+        &self,
+        dir: &Path,
+        preprocess: Option<serde_json::Value>,
+        extra: serde_json::Value,
+        files: &[(&str, &HashMap<String, Tensor>)],
+    ) -> anyhow::Result<CheckpointInfo> {
         let info = CheckpointInfo {
             format_version: FORMAT_VERSION,
             model: self.config().clone(),
@@ -187,6 +199,10 @@ impl Model {
                 .collect();
             candle_core::safetensors::save(&tensors, tmp.join(WEIGHTS_FILE))
                 .with_context(|| format!("{}: cannot write weights", tmp.display()))?;
+            for (name, tensors) in files {
+                candle_core::safetensors::save(*tensors, tmp.join(name))
+                    .with_context(|| format!("{}: cannot write {name}", tmp.display()))?;
+            }
             ct_io::atomic::write_json(&tmp.join(INFO_FILE), &info)?;
             replace_dir(&tmp, dir)
         })();
@@ -199,6 +215,16 @@ impl Model {
 
     /// Loads a checkpoint folder written by [`Model::save`].
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<(Model, CheckpointInfo)> {
+        let (model, info, _) = Model::load_from(dir, device)?;
+        Ok((model, info))
+    }
+
+    /// [`Model::load`], also returning the folder actually read (the checkpoint, or its
+    /// `.previous` copy after an interrupted save), where files saved beside the weights are.
+    pub fn load_from(
+        dir: &Path,
+        device: &Device,
+    ) -> anyhow::Result<(Model, CheckpointInfo, PathBuf)> {
         let dir = existing_checkpoint(dir)?;
         let info_path = dir.join(INFO_FILE);
         let text = std::fs::read_to_string(&info_path).with_context(|| {
@@ -220,7 +246,7 @@ impl Model {
             .with_context(|| format!("{}: cannot read the weights", weights.display()))?;
         let model = Model::new(&info.model, device)?;
         model.assign(tensors, &weights)?;
-        Ok((model, info))
+        Ok((model, info, dir))
     }
 }
 
