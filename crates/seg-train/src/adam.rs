@@ -52,7 +52,9 @@ impl Adam {
         let gradients: Vec<Option<Tensor>> = self
             .vars
             .iter()
-            .map(|(_, var)| grads.get(var).cloned())
+            // Detached: a gradient remembers the graph it came from, and moments built on it
+            // would keep every past step's graph alive.
+            .map(|(_, var)| grads.get(var).map(Tensor::detach))
             .collect();
         for g in gradients.iter().flatten() {
             norm_sq += g
@@ -73,11 +75,12 @@ impl Adam {
         let (correction1, correction2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
         for (i, ((_, var), g)) in self.vars.iter().zip(gradients).enumerate() {
             let Some(mut g) = g else { continue };
+            let value = var.as_tensor().detach();
             if scale != 1.0 {
                 g = g.affine(scale, 0.0)?;
             }
             if p.weight_decay > 0.0 {
-                g = (g + var.as_tensor().affine(p.weight_decay, 0.0)?)?;
+                g = (g + value.affine(p.weight_decay, 0.0)?)?;
             }
             self.m[i] = (self.m[i].affine(p.beta1, 0.0)? + g.affine(1.0 - p.beta1, 0.0)?)?;
             self.v[i] = (self.v[i].affine(p.beta2, 0.0)? + g.sqr()?.affine(1.0 - p.beta2, 0.0)?)?;
@@ -87,7 +90,7 @@ impl Adam {
                 .sqrt()?
                 .affine(1.0, p.eps)?;
             let update = (m_hat / denominator)?.affine(lr, 0.0)?;
-            var.set(&(var.as_tensor() - update)?)?;
+            var.set(&(value - update)?)?;
         }
         Ok(norm)
     }

@@ -300,3 +300,31 @@ fn bad_train_settings_stop_before_any_work() {
         );
     }
 }
+
+#[test]
+fn adam_keeps_no_graph_between_steps() {
+    use candle_core::{Tensor, Var};
+    use seg_train::adam::{Adam, AdamParams};
+    let w = Var::from_tensor(&Tensor::new(&[1f32, -2.0, 3.0], &Device::Cpu).unwrap()).unwrap();
+    let params = AdamParams {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    let mut adam = Adam::new(vec![("w".into(), w.clone())], params).unwrap();
+    for _ in 0..3 {
+        let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();
+        adam.step(&loss.backward().unwrap(), 0.1, 1.0).unwrap();
+    }
+    // Moments that tracked their history would hold every step's graph (and its memory).
+    assert!(adam.state().values().all(|t| !t.track_op()));
+    let after: Vec<f32> = w.as_tensor().to_vec1().unwrap();
+    assert!(
+        after
+            .iter()
+            .zip([1f32, -2.0, 3.0])
+            .all(|(a, b)| a.abs() < b.abs()),
+        "{after:?}"
+    );
+}
