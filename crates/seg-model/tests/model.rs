@@ -210,21 +210,11 @@ fn checkpoints_round_trip_bit_exactly_and_refuse_mismatches() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("best");
     let preprocess = serde_json::json!({"size": 64});
-    model
-        .save(
-            &ckpt,
-            Some(preprocess.clone()),
-            serde_json::json!({"epoch": 2}),
-        )
-        .unwrap();
-    // Saving again replaces it in place.
-    model
-        .save(
-            &ckpt,
-            Some(preprocess.clone()),
-            serde_json::json!({"epoch": 2}),
-        )
-        .unwrap();
+    // The second save replaces the first in place.
+    for _ in 0..2 {
+        let extra = serde_json::json!({"epoch": 2});
+        model.save(&ckpt, Some(preprocess.clone()), extra).unwrap();
+    }
     let (loaded, info) = Model::load(&ckpt, &Device::Cpu).unwrap();
     assert_eq!(info.preprocess, Some(preprocess));
     assert_eq!(info.model, config);
