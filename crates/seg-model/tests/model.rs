@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Optimizer;
-use seg_model::ops::{bce_with_logits, max_pool2x2, upsample_bilinear2x};
+use seg_model::ops::{bce_with_logits, conv3x3, max_pool2x2, upsample_bilinear2x};
 use seg_model::{Model, ModelConfig, Upsampling, parse_device};
 
 fn fixture(name: &str) -> PathBuf {
@@ -416,4 +416,21 @@ fn the_shipped_configs_have_valid_model_sections() {
             );
         }
     }
+}
+
+#[test]
+fn conv3x3_equals_candles_conv_with_exact_gradients_for_input_and_kernel() {
+    let device = Device::Cpu;
+    let x = Tensor::randn(0f64, 1.0, (2, 3, 5, 4), &device).unwrap();
+    let w = Tensor::randn(0f64, 1.0, (4, 3, 3, 3), &device).unwrap();
+    let ours = conv3x3(&x, &w).unwrap();
+    let candle = x.conv2d(&w, 1, 1, 1, 1).unwrap();
+    assert!(max_abs_diff(&ours, &candle) < 1e-12);
+    check_gradient(|t| conv3x3(t, &w), x.clone());
+    check_gradient(|t| conv3x3(&x, t), w.clone());
+    // A narrowed (offset) input is handled as well.
+    let wide = Tensor::randn(0f64, 1.0, (2, 5, 5, 4), &device).unwrap();
+    let part = wide.narrow(1, 2, 3).unwrap();
+    let expected = part.contiguous().unwrap().conv2d(&w, 1, 1, 1, 1).unwrap();
+    assert!(max_abs_diff(&conv3x3(&part, &w).unwrap(), &expected) < 1e-12);
 }
