@@ -141,10 +141,6 @@ impl Config {
         })
     }
 
-    pub fn file(&self) -> &Path {
-        &self.file
-    }
-
     /// Reads and validates one section (its defaults when the file has none).
     pub fn section<T: Section>(&self) -> Result<T, ConfigError> {
         let table = match self.root.get(T::NAME) {

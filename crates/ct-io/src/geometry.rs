@@ -108,11 +108,6 @@ impl Geometry {
         self.len() == 0
     }
 
-    /// Volume of one voxel in mm³.
-    pub fn voxel_volume_mm3(&self) -> f64 {
-        self.spacing.iter().product()
-    }
-
     /// Largest element-wise difference between two affines, in mm.
     pub fn affine_difference(&self, other: &Geometry) -> f64 {
         let mut worst: f64 = 0.0;

@@ -61,10 +61,6 @@ impl Loader {
         })
     }
 
-    pub fn dataset(&self) -> &SliceDataset {
-        &self.dataset
-    }
-
     /// The training sampler of `[data]`: tumour oversampling over this dataset's slices.
     pub fn sampler(&self) -> anyhow::Result<WeightedSampler> {
         let has_tumour: Vec<bool> = self

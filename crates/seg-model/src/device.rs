@@ -37,12 +37,3 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
         }
     }
 }
-
-/// A short name for logs and sidecars.
-pub fn device_name(device: &Device) -> String {
-    match device {
-        Device::Cpu => "cpu".to_string(),
-        Device::Cuda(_) => "cuda".to_string(),
-        Device::Metal(_) => "metal".to_string(),
-    }
-}

@@ -91,10 +91,6 @@ impl Model {
         self.unet.config()
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
     /// Every variable, sorted by name.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         let data = self.varmap.data().lock().expect("varmap lock");

@@ -38,7 +38,12 @@ struct Info {
 fn describe(file: &Path, volume: &Volume) -> Info {
     let (mut min, mut max, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0.0f64);
     let mut integral = true;
-    for &v in &volume.data {
+    // Memory order: the data is Fortran-laid-out, and a logical-order walk would stride.
+    let values = volume
+        .data
+        .as_slice_memory_order()
+        .expect("ct-io returns contiguous volumes");
+    for &v in values {
         min = min.min(v);
         max = max.max(v);
         sum += f64::from(v);
@@ -56,7 +61,7 @@ fn describe(file: &Path, volume: &Volume) -> Info {
         min,
         max,
         mean: sum / volume.data.len() as f64,
-        foreground_voxels: is_label.then(|| volume.data.iter().filter(|&&v| v > 0.0).count()),
+        foreground_voxels: is_label.then(|| values.iter().filter(|&&v| v > 0.0).count()),
     }
 }
 
