@@ -34,7 +34,7 @@ use manifest::{
     ManifestCase, ManifestSlice, PREPROCESSED_DIR, SliceFiles, SliceSettings,
 };
 use settings::{Normalisation, PreprocessConfig};
-use slices::{axial_slice, decide_crop, resize_bilinear, resize_nearest};
+use slices::{axial_slice, decide_crop, network_input, resize_nearest};
 use split::SplitRecord;
 
 /// What a run did.
@@ -415,12 +415,9 @@ struct SliceWriter<'a> {
 
 impl SliceWriter<'_> {
     /// `pixels`: slice `k` of the CT in HU, row-major `height` x `width` (see [`axial_slice`]).
-    fn write(&self, k: usize, mut pixels: Vec<f32>) -> anyhow::Result<SliceFiles> {
-        for v in &mut pixels {
-            *v = self.normalisation.apply(*v);
-        }
+    fn write(&self, k: usize, pixels: Vec<f32>) -> anyhow::Result<SliceFiles> {
         let size = self.size;
-        let resized = resize_bilinear(&pixels, self.height, self.width, size);
+        let resized = network_input(pixels, self.height, self.width, size, self.normalisation);
         let (labels, _, _) = axial_slice(self.mask, k);
         let resized_mask = resize_nearest(&labels, self.height, self.width, size);
         let tumour_voxels = resized_mask.iter().filter(|v| **v > 0).count() as u32;

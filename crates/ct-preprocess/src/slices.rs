@@ -6,7 +6,7 @@ use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use ndarray::{ArrayView2, ArrayView3, Axis};
 use serde::{Deserialize, Serialize};
 
-use crate::settings::PreprocessConfig;
+use crate::settings::{Normalisation, PreprocessConfig};
 
 /// How many slices were dropped at the inferior end, and why it differs from what was asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,11 +75,29 @@ pub fn axial_slice<T: Copy>(canonical: ArrayView3<T>, k: usize) -> (Vec<T>, usiz
     (out, height, width)
 }
 
-/// Bilinear resize with pixel centres aligned (OpenCV's INTER_LINEAR, no antialiasing filter).
-pub fn resize_bilinear(src: &[f32], height: usize, width: usize, size: usize) -> Vec<f32> {
+/// One canonical axial slice in HU (row-major `height` x `width`, see [`axial_slice`]) as the
+/// network sees it: normalised, then resized to `size` x `size`. Training data and prediction both
+/// come through here, so they cannot drift apart.
+pub fn network_input(
+    mut hu: Vec<f32>,
+    height: usize,
+    width: usize,
+    size: usize,
+    normalisation: Normalisation,
+) -> Vec<f32> {
+    for v in &mut hu {
+        *v = normalisation.apply(*v);
+    }
+    resize_bilinear(&hu, [height, width], [size, size])
+}
+
+/// Bilinear resize of a row-major `[height, width]` image to `[height, width]` `to`, pixel centres
+/// aligned (OpenCV's INTER_LINEAR, no antialiasing filter).
+pub fn resize_bilinear(src: &[f32], from: [usize; 2], to: [usize; 2]) -> Vec<f32> {
+    let [height, width] = from;
     let src = TypedImageRef::<F32>::new(width as u32, height as u32, bytemuck::cast_slice(src))
         .expect("buffer holds width x height pixels");
-    let mut dst = TypedImage::<F32>::new(size as u32, size as u32);
+    let mut dst = TypedImage::<F32>::new(to[1] as u32, to[0] as u32);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear));
     Resizer::new()
         .resize_typed(&src, &mut dst, &options)
@@ -134,7 +152,7 @@ mod tests {
     fn resizing_keeps_constant_images_constant_and_masks_binary() {
         let src = vec![0.25f32; 7 * 5];
         assert!(
-            resize_bilinear(&src, 7, 5, 16)
+            resize_bilinear(&src, [7, 5], [16, 16])
                 .iter()
                 .all(|v| (v - 0.25).abs() < 1e-6)
         );

@@ -1,0 +1,306 @@
+//! A CT in, a tumour mask out, in the CT's own voxel grid: reorient, crop, normalise and resize
+//! exactly as ct-preprocess did for training (its own functions, with the checkpoint's settings),
+//! run the U-Net in batches, bring the probabilities back to the original in-plane size, threshold,
+//! blank the cropped slices and undo the reorientation.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use candle_core::{Device, Tensor};
+use ct_io::{Geometry, Reorientation, Volume};
+use ct_preprocess::settings::{Normalisation, PreprocessConfig};
+use ct_preprocess::slices::{axial_slice, decide_crop, network_input, resize_bilinear};
+use ndarray::{Array3, ShapeBuilder};
+use rayon::prelude::*;
+use seg_model::{CheckpointInfo, Model};
+
+use crate::components::postprocess;
+
+/// How probabilities become a mask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictOptions {
+    pub threshold: f32,
+    pub batch_size: usize,
+    pub min_component_mm3: f64,
+    pub keep_largest: usize,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        PredictOptions {
+            threshold: 0.5,
+            batch_size: 8,
+            min_component_mm3: 0.0,
+            keep_largest: 0,
+        }
+    }
+}
+
+/// One CT's prediction, in the CT's own voxel order.
+pub struct Prediction {
+    pub mask: Array3<u8>,
+    pub probabilities: Array3<f32>,
+    /// Canonical axial slices the network saw (the rest are background).
+    pub kept_slices: [usize; 2],
+    /// Predicted components removed by post-processing.
+    pub removed_components: usize,
+}
+
+/// A loaded checkpoint with the preprocessing it was trained with.
+pub struct Predictor {
+    model: Model,
+    info: CheckpointInfo,
+    preprocess: PreprocessConfig,
+    options: PredictOptions,
+    device: Device,
+}
+
+impl Predictor {
+    pub fn load(
+        checkpoint: &Path,
+        device: &Device,
+        options: PredictOptions,
+    ) -> anyhow::Result<Predictor> {
+        let (model, info) = Model::load(checkpoint, device)?;
+        let preprocess: PreprocessConfig = match &info.preprocess {
+            Some(value) => serde_json::from_value(value.clone()).with_context(|| {
+                format!(
+                    "{}: the checkpoint's preprocessing settings are not readable by this build",
+                    checkpoint.display()
+                )
+            })?,
+            None => {
+                tracing::warn!(
+                    "{}: the checkpoint records no preprocessing (imported weights?): using the \
+                     reference's (HU / 3071, 30 slices cropped, 256x256)",
+                    checkpoint.display()
+                );
+                PreprocessConfig::default()
+            }
+        };
+        let multiple = info.model.size_multiple();
+        ensure!(
+            preprocess.size.is_multiple_of(multiple),
+            "{}: slices of {} px do not fit a U-Net of depth {} (needs a multiple of {multiple})",
+            checkpoint.display(),
+            preprocess.size,
+            info.model.depth
+        );
+        ensure!(
+            info.model.in_channels % 2 == 1,
+            "{}: the model takes {} channels; 2.5D input needs an odd number",
+            checkpoint.display(),
+            info.model.in_channels
+        );
+        ensure!(options.batch_size > 0, "the batch size must be at least 1");
+        Ok(Predictor {
+            model,
+            info,
+            preprocess,
+            options,
+            device: device.clone(),
+        })
+    }
+
+    pub fn info(&self) -> &CheckpointInfo {
+        &self.info
+    }
+
+    pub fn preprocess(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    /// Predicts the mask of `volume` (`source` names it in messages).
+    pub fn predict(&self, volume: &Volume, source: &Path) -> anyhow::Result<Prediction> {
+        let geometry = &volume.geometry;
+        let reorientation = Reorientation::to_canonical(geometry);
+        let canonical_geometry = reorientation.canonical_geometry(geometry);
+        let ct = reorientation.canonical_view(volume.data.view());
+        let [width, height, depth] = reorientation.canonical_shape();
+        let crop = decide_crop(&self.preprocess, depth, canonical_geometry.spacing[2], None);
+        if let Some(reason) = &crop.reason {
+            tracing::info!(
+                "{}: crop reduced from {} to {} slices ({reason})",
+                source.display(),
+                crop.requested,
+                crop.applied
+            );
+        }
+        let first = crop.applied;
+        ensure!(
+            first < depth,
+            "{}: no slice left after cropping",
+            source.display()
+        );
+        let size = self.preprocess.size;
+        let normalisation = Normalisation::from_config(&self.preprocess);
+        let inputs: Vec<Vec<f32>> = (first..depth)
+            .into_par_iter()
+            .map(|k| network_input(axial_slice(ct, k).0, height, width, size, normalisation))
+            .collect();
+
+        // Canonical probabilities, Fortran order: axial plane k is one contiguous row-major image
+        // (rows along y, columns along x), the layout of `axial_slice`.
+        let plane = width * height;
+        let mut canonical = vec![0f32; plane * depth];
+        let context = self.info.model.in_channels / 2;
+        let kept: Vec<usize> = (first..depth).collect();
+        for batch in kept.chunks(self.options.batch_size) {
+            let probabilities = self
+                .forward(batch, &inputs, first, depth, context)
+                .with_context(|| format!("{}: running the U-Net", source.display()))?;
+            canonical[batch[0] * plane..(batch[batch.len() - 1] + 1) * plane]
+                .par_chunks_mut(plane)
+                .zip(probabilities.par_chunks(size * size))
+                .for_each(|(out, p)| {
+                    out.copy_from_slice(&resize_bilinear(p, [size, size], [height, width]))
+                });
+        }
+        let canonical = Array3::from_shape_vec((width, height, depth).f(), canonical)
+            .expect("sized to the canonical shape");
+        let mut mask = canonical.mapv(|p| u8::from(p > self.options.threshold));
+        let removed_components = postprocess(
+            mask.view_mut(),
+            canonical_geometry.spacing,
+            self.options.min_component_mm3,
+            self.options.keep_largest,
+        );
+        Ok(Prediction {
+            mask: reorientation.restore(mask.view()),
+            probabilities: reorientation.restore(canonical.view()),
+            kept_slices: [first, depth],
+            removed_components,
+        })
+    }
+
+    /// Sigmoid probabilities of the kept slices in `batch`, `size`² row-major each. A slice's
+    /// neighbours are its input channels, repeated at the ends of the kept range as in training.
+    fn forward(
+        &self,
+        batch: &[usize],
+        inputs: &[Vec<f32>],
+        first: usize,
+        depth: usize,
+        context: usize,
+    ) -> anyhow::Result<Vec<f32>> {
+        let size = self.preprocess.size;
+        let channels = 2 * context + 1;
+        let mut data = Vec::with_capacity(batch.len() * channels * size * size);
+        for &k in batch {
+            for c in 0..channels {
+                let neighbour = (k + c).saturating_sub(context).clamp(first, depth - 1);
+                data.extend_from_slice(&inputs[neighbour - first]);
+            }
+        }
+        let x = Tensor::from_vec(data, (batch.len(), channels, size, size), &self.device)?;
+        let logits = self.model.unet.forward_t(&x, false)?;
+        Ok(candle_nn::ops::sigmoid(&logits)?.flatten_all()?.to_vec1()?)
+    }
+}
+
+/// Where one CT's prediction goes.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub probabilities: Option<PathBuf>,
+}
+
+/// Plans the jobs for `input` (a NIfTI file or a folder of them) and `output`: for a folder, one
+/// mask per CT with the CT's file name in the output folder (probabilities in its
+/// `probabilities/` subfolder); for a file, `output` is the mask's path unless it is a folder.
+pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<Vec<Job>> {
+    let is_nifti = |p: &Path| ct_io::task::strip_nifti_extension(p).is_some();
+    if input.is_dir() {
+        let files = ct_io::task::nifti_files(input)?;
+        ensure!(
+            !files.is_empty(),
+            "{}: no NIfTI files (.nii, .nii.gz) in this folder",
+            input.display()
+        );
+        ensure!(
+            !is_nifti(output),
+            "{}: the input is a folder, so the output must be a folder too",
+            output.display()
+        );
+        return Ok(files
+            .into_iter()
+            .map(|file| {
+                let name = file.file_name().expect("a file").to_owned();
+                Job {
+                    output: output.join(&name),
+                    probabilities: probabilities
+                        .then(|| output.join(PROBABILITIES_DIR).join(&name)),
+                    input: file,
+                }
+            })
+            .collect());
+    }
+    if !input.is_file() {
+        bail!("{}: no such file or folder", input.display());
+    }
+    let name = input.file_name().expect("a file").to_owned();
+    let mask = if output.is_dir() || !is_nifti(output) {
+        output.join(&name)
+    } else {
+        output.to_path_buf()
+    };
+    let probabilities = probabilities.then(|| {
+        let stem = ct_io::task::strip_nifti_extension(&mask).unwrap_or_default();
+        mask.with_file_name(format!("{stem}_probabilities.nii.gz"))
+    });
+    Ok(vec![Job {
+        input: input.to_path_buf(),
+        output: mask,
+        probabilities,
+    }])
+}
+
+/// The subfolder of an output folder that holds probability maps.
+pub const PROBABILITIES_DIR: &str = "probabilities";
+
+/// What one job did.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub shape: [usize; 3],
+    pub tumour_voxels: u64,
+    pub tumour_ml: f64,
+    pub seconds: f64,
+}
+
+/// Reads the CT, predicts, and writes the mask (u8, the CT's header geometry verbatim) and, if
+/// asked, the probabilities (float32); each file appears complete or not at all.
+pub fn run_job(predictor: &Predictor, job: &Job) -> anyhow::Result<JobReport> {
+    let start = Instant::now();
+    let volume = ct_io::read_volume(&job.input)?;
+    let prediction = predictor.predict(&volume, &job.input)?;
+    write(&job.output, &prediction.mask, &volume.geometry)?;
+    if let Some(path) = &job.probabilities {
+        write(path, &prediction.probabilities, &volume.geometry)?;
+    }
+    let tumour_voxels = prediction.mask.iter().filter(|v| **v != 0).count() as u64;
+    Ok(JobReport {
+        input: job.input.clone(),
+        output: job.output.clone(),
+        shape: volume.geometry.shape,
+        tumour_voxels,
+        tumour_ml: tumour_voxels as f64 * volume.geometry.spacing.iter().product::<f64>() / 1000.0,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn write<T: ct_io::nii::Voxel>(
+    path: &Path,
+    data: &Array3<T>,
+    geometry: &Geometry,
+) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the output folder", dir.display()))?;
+    }
+    ct_io::write_volume(path, data.view(), geometry)?;
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! `report/`: what a person looks at to trust a run. PNG overlays of the slices with the most
+//! tumour of each evaluated case, an animated GIF scrolling through one volume, and
+//! `report.html`, one page that opens offline with the summary, the per-case table, the training
+//! curves and the pictures (all beside it in the same folder).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, ensure};
+use ct_io::{Reorientation, read_mask_with, read_volume};
+use ndarray::Axis;
+
+use crate::evaluate::{Statistic, Summary};
+use crate::metrics::CaseMetrics;
+use crate::render::{PREDICTION, Picture, REFERENCE, SliceSource, palette};
+
+pub const REPORT_FILE: &str = "report.html";
+const OVERLAYS_DIR: &str = "overlays";
+
+/// Where a report's material comes from.
+pub struct ReportInputs<'a> {
+    pub title: String,
+    /// CT, reference and prediction file of each case, in the evaluation's order.
+    pub cases: Vec<CaseFiles>,
+    pub per_case: &'a [CaseMetrics],
+    pub summary: &'a Summary,
+    /// The run's `curves.png`, if there is one.
+    pub curves: Option<PathBuf>,
+    /// Lines describing the model and the run.
+    pub facts: Vec<(String, String)>,
+    pub slices_per_case: usize,
+    pub window: [f32; 2],
+    /// The case to animate; None for the one with the most reference tumour.
+    pub animation_case: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaseFiles {
+    pub id: String,
+    pub ct: PathBuf,
+    pub reference: PathBuf,
+    pub prediction: PathBuf,
+}
+
+/// One overlay as the page shows it.
+struct Overlay {
+    file: String,
+    caption: String,
+}
+
+/// Writes the report into `out` (replaced as a whole: the new report appears complete).
+pub fn write_report(inputs: &ReportInputs, out: &Path) -> anyhow::Result<PathBuf> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("{}: cannot create", parent.display()))?;
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = build(inputs, &tmp).and_then(|()| {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        if out.exists() {
+            std::fs::rename(out, &old)
+                .with_context(|| format!("moving {} aside", out.display()))?;
+        }
+        std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+        Ok(())
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result?;
+    Ok(out.join(REPORT_FILE))
+}
+
+fn build(inputs: &ReportInputs, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join(OVERLAYS_DIR))
+        .with_context(|| format!("{}: cannot create", dir.display()))?;
+    let animated = match &inputs.animation_case {
+        Some(id) => {
+            ensure!(
+                inputs.cases.iter().any(|c| &c.id == id),
+                "eval.animation_case: {id} is not among the evaluated cases"
+            );
+            Some(id.clone())
+        }
+        None => inputs
+            .per_case
+            .iter()
+            .max_by(|a, b| a.reference_ml.total_cmp(&b.reference_ml))
+            .map(|c| c.case.clone()),
+    };
+    let bar = ct_io::cli::progress_bar(inputs.cases.len() as u64, "report");
+    let mut overlays = Vec::new();
+    let mut animation = None;
+    for case in &inputs.cases {
+        let animate = animated.as_deref() == Some(case.id.as_str());
+        let (mut pictures, gif) = draw_case(case, inputs, animate, dir)?;
+        overlays.append(&mut pictures);
+        if gif.is_some() {
+            animation = gif;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let curves = match &inputs.curves {
+        Some(path) if path.is_file() => {
+            std::fs::copy(path, dir.join("curves.png"))
+                .with_context(|| format!("copying {}", path.display()))?;
+            Some("curves.png".to_string())
+        }
+        _ => None,
+    };
+    let html = page(inputs, &overlays, animation.as_ref(), curves.as_deref());
+    std::fs::write(dir.join(REPORT_FILE), html)
+        .with_context(|| format!("{}: cannot write the page", dir.display()))?;
+    Ok(())
+}
+
+/// The case's overlays (and its animation if `animate`), written into `dir`.
+fn draw_case(
+    case: &CaseFiles,
+    inputs: &ReportInputs,
+    animate: bool,
+    dir: &Path,
+) -> anyhow::Result<(Vec<Overlay>, Option<Overlay>)> {
+    let ct = read_volume(&case.ct)?;
+    let options = ct_io::ReadOptions::default();
+    let reference = read_mask_with(&case.reference, &options)?;
+    let prediction = read_mask_with(&case.prediction, &options)?;
+    for (path, shape) in [
+        (&case.reference, reference.geometry.shape),
+        (&case.prediction, prediction.geometry.shape),
+    ] {
+        ensure!(
+            shape == ct.geometry.shape,
+            "{}: shape {shape:?} differs from its CT {} ({:?})",
+            path.display(),
+            case.ct.display(),
+            ct.geometry.shape
+        );
+    }
+    let reorientation = Reorientation::to_canonical(&ct.geometry);
+    let spacing = reorientation.canonical_geometry(&ct.geometry).spacing;
+    let source = SliceSource {
+        ct: reorientation.canonical_view(ct.data.view()),
+        reference: Some(reorientation.canonical_view(reference.data.view())),
+        prediction: reorientation.canonical_view(prediction.data.view()),
+        spacing: [spacing[0], spacing[1]],
+        window: inputs.window,
+    };
+    let count = |mask: ndarray::ArrayView3<u8>| -> Vec<usize> {
+        mask.axis_iter(Axis(2))
+            .map(|plane| plane.iter().filter(|v| **v != 0).count())
+            .collect()
+    };
+    let reference_counts = count(source.reference.expect("set above"));
+    let predicted_counts = count(source.prediction);
+    let depth = reference_counts.len();
+    // The slices with the most tumour: reference first, then prediction; else the middle one.
+    let mut order: Vec<usize> = (0..depth).collect();
+    order.sort_by_key(|&k| {
+        (
+            std::cmp::Reverse(reference_counts[k]),
+            std::cmp::Reverse(predicted_counts[k]),
+            k.abs_diff(depth / 2),
+        )
+    });
+    let mut overlays = Vec::new();
+    for &k in order.iter().take(inputs.slices_per_case) {
+        let mut picture = source.draw(k, 512);
+        picture.label(&format!("{} slice {}/{}", case.id, k, depth), 6, 6, 2);
+        let file = format!("{OVERLAYS_DIR}/{}_slice{k:04}.png", case.id);
+        std::fs::write(dir.join(&file), picture.png()?)
+            .with_context(|| format!("{}: cannot write", dir.join(&file).display()))?;
+        overlays.push(Overlay {
+            file,
+            caption: format!(
+                "{}, axial slice {k} of {depth} (from the inferior end): reference {} px, predicted {} px",
+                case.id, reference_counts[k], predicted_counts[k]
+            ),
+        });
+    }
+    let animation = if animate {
+        let file = format!("{}.gif", case.id);
+        let frames: Vec<Picture> = (0..depth)
+            .map(|k| {
+                let mut picture = source.draw(k, 256);
+                picture.label(&format!("{} {k}", case.id), 4, 4, 1);
+                picture
+            })
+            .collect();
+        write_gif(&dir.join(&file), &frames)?;
+        Some(Overlay {
+            file,
+            caption: format!(
+                "{}: every axial slice from the inferior end up, reference and prediction contoured",
+                case.id
+            ),
+        })
+    } else {
+        None
+    };
+    Ok((overlays, animation))
+}
+
+fn write_gif(path: &Path, frames: &[Picture]) -> anyhow::Result<()> {
+    let first = frames.first().context("no frames to animate")?;
+    let palette: Vec<u8> = palette().into_iter().flatten().collect();
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = gif::Encoder::new(
+            &mut bytes,
+            first.width as u16,
+            first.height as u16,
+            &palette,
+        )?;
+        encoder.set_repeat(gif::Repeat::Infinite)?;
+        for picture in frames {
+            let mut frame = gif::Frame {
+                width: picture.width as u16,
+                height: picture.height as u16,
+                delay: 8, // 1/100 s
+                ..gif::Frame::default()
+            };
+            frame.buffer = std::borrow::Cow::Borrowed(&picture.pixels);
+            encoder.write_frame(&frame)?;
+        }
+    }
+    std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+fn page(
+    inputs: &ReportInputs,
+    overlays: &[Overlay],
+    animation: Option<&Overlay>,
+    curves: Option<&str>,
+) -> String {
+    let colour = |index: u8| {
+        let [r, g, b] = palette()[usize::from(index)];
+        format!("#{r:02x}{g:02x}{b:02x}")
+    };
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n<style>\
+         body{{font-family:sans-serif;margin:2em;max-width:1200px}}\
+         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #bbb;padding:3px 8px;text-align:right}}\
+         th{{background:#eee}}td:first-child,th:first-child{{text-align:left}}\
+         figure{{display:inline-block;margin:0 1em 1em 0;vertical-align:top}}figcaption{{max-width:512px;font-size:90%}}\
+         .ref{{color:{reference};font-weight:bold}}.pred{{color:{prediction};font-weight:bold}}\
+         </style></head><body>\n<h1>{title}</h1>\n",
+        title = escape(&inputs.title),
+        reference = colour(REFERENCE),
+        prediction = colour(PREDICTION),
+    );
+    html.push_str("<table>\n");
+    for (key, value) in &inputs.facts {
+        let _ = writeln!(
+            html,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            escape(key),
+            escape(value)
+        );
+    }
+    html.push_str("</table>\n");
+
+    let s = inputs.summary;
+    let _ = writeln!(
+        html,
+        "<h2>Summary ({} cases, original resolution)</h2>\n<p>Dice as in the Medical Segmentation \
+         Decathlon and nnU-Net: per case, on thresholded masks in each CT's own voxel grid; a case \
+         whose reference and prediction are both empty is left out of the mean.</p>\n<table>\
+         <tr><th>metric</th><th>mean</th><th>median</th><th>std</th><th>cases</th></tr>",
+        s.cases
+    );
+    let rows: [(&str, &Statistic); 7] = [
+        ("Dice", &s.dice),
+        ("IoU", &s.iou),
+        ("precision", &s.precision),
+        ("recall", &s.recall),
+        ("HD95 (mm)", &s.hd95_mm),
+        ("reference volume (ml)", &s.reference_ml),
+        ("predicted volume (ml)", &s.predicted_ml),
+    ];
+    for (name, stat) in rows {
+        let _ = writeln!(
+            html,
+            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            number(stat.mean),
+            number(stat.median),
+            number(stat.std),
+            stat.n
+        );
+    }
+    let l = &s.lesions;
+    let _ = writeln!(
+        html,
+        "</table>\n<p>Lesions (connected components): {} in the references, {} detected, {} missed; \
+         {} predicted components touch no reference lesion.</p>",
+        l.reference, l.detected, l.missed, l.false_positive
+    );
+
+    html.push_str(
+        "<h2>Per case</h2>\n<table><tr><th>case</th><th>Dice</th><th>IoU</th><th>precision</th>\
+         <th>recall</th><th>HD95 (mm)</th><th>reference ml</th><th>predicted ml</th>\
+         <th>lesions</th><th>detected</th><th>false positives</th></tr>\n",
+    );
+    for c in inputs.per_case {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td>\
+             <td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&c.case),
+            number(c.dice),
+            number(c.iou),
+            number(c.precision),
+            number(c.recall),
+            number(c.hd95_mm),
+            c.reference_ml,
+            c.predicted_ml,
+            c.reference_lesions,
+            c.detected_lesions,
+            c.false_positive_lesions
+        );
+    }
+    html.push_str("</table>\n");
+
+    if let Some(curves) = curves {
+        let _ = writeln!(
+            html,
+            "<h2>Training</h2>\n<img src=\"{}\" alt=\"training curves\">",
+            escape(curves)
+        );
+    }
+    let _ = writeln!(
+        html,
+        "<h2>Overlays</h2>\n<p>CT in a window of [{}, {}] HU, radiological view (the patient's right on \
+         the left, anterior up). Contours: <span class=\"ref\">reference</span>, \
+         <span class=\"pred\">prediction</span>.</p>",
+        inputs.window[0], inputs.window[1]
+    );
+    if let Some(animation) = animation {
+        let _ = writeln!(
+            html,
+            "<figure><img src=\"{}\" alt=\"scrolling through a volume\"><figcaption>{}</figcaption></figure><br>",
+            escape(&animation.file),
+            escape(&animation.caption)
+        );
+    }
+    for overlay in overlays {
+        let _ = writeln!(
+            html,
+            "<figure><img src=\"{}\" width=\"512\" alt=\"overlay\"><figcaption>{}</figcaption></figure>",
+            escape(&overlay.file),
+            escape(&overlay.caption)
+        );
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+fn number(v: Option<f64>) -> String {
+    v.map_or("–".to_string(), |v| format!("{v:.3}"))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

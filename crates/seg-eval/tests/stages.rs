@@ -1,0 +1,189 @@
+//! predict → evaluate → report as pipeline stages on a tiny task, and the binary's errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ct_io::config::Config;
+use ct_io::phantom::{SynthConfig, write_task};
+use ct_preprocess::manifest::{MANIFEST_FILE, Manifest, PREPROCESSED_DIR};
+use seg_eval::evaluate::{SUMMARY_FILE, Summary, read_per_case};
+use seg_eval::stage::{self, Stage, TEST, VALIDATION};
+use seg_model::{Model, ModelConfig};
+
+fn config(dir: &Path, overrides: &[&str]) -> Config {
+    let text = r#"
+[paths]
+data_dir = "task"
+work_dir = "work"
+[preprocess]
+size = 32
+crop_slices = 2
+window = [-1000.0, 400.0]
+validation_fraction = 0.5
+[model]
+width = 4
+depth = 2
+[train]
+run = "tiny"
+[eval]
+report_slices = 2
+"#;
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    Config::parse(text, &dir.join("test.toml"), dir, &overrides).unwrap()
+}
+
+/// Phantoms, preprocessed, and an untrained checkpoint standing in for a trained one.
+fn prepared_run(dir: &Path) -> Stage {
+    let synth = SynthConfig {
+        cases: 4,
+        test_cases: 1,
+        size: 40,
+        slices: 16,
+        seed: 21,
+        orientation: "LAS".into(),
+    };
+    write_task(&dir.join("task"), &synth).unwrap();
+    let config = config(dir, &[]);
+    ct_preprocess::run(&config).unwrap();
+    let stage = Stage::from_config(&config).unwrap();
+    let manifest =
+        Manifest::load(&stage.work_dir.join(PREPROCESSED_DIR).join(MANIFEST_FILE)).unwrap();
+    let model: ModelConfig = config.section().unwrap();
+    Model::new(&model, &candle_core::Device::Cpu)
+        .unwrap()
+        .save(
+            &stage.checkpoint(),
+            Some(serde_json::to_value(&manifest.settings).unwrap()),
+            serde_json::Value::Null,
+        )
+        .unwrap();
+    stage
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    ct_io::task::nifti_files(dir)
+        .unwrap()
+        .iter()
+        .map(|p| ct_io::task::strip_nifti_extension(p).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_stages_predict_evaluate_and_report_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = prepared_run(dir.path());
+
+    let folders = stage::predict(&stage, None).unwrap();
+    assert_eq!(folders.iter().map(|f| f.predicted.len()).sum::<usize>(), 3);
+    assert_eq!(names(&stage.predictions(VALIDATION)).len(), 2);
+    assert_eq!(names(&stage.predictions(TEST)), ["lung_005"]);
+    // Nothing changed: nothing is predicted again.
+    let again = stage::predict(&stage, None).unwrap();
+    assert!(again.iter().all(|f| f.predicted.is_empty() && f.reused > 0));
+    // Another threshold: everything is.
+    let changed = Stage::from_config(&config(dir.path(), &["eval.threshold=0.3"])).unwrap();
+    let redone = stage::predict(&changed, None).unwrap();
+    assert_eq!(redone.iter().map(|f| f.predicted.len()).sum::<usize>(), 3);
+
+    let summary = stage::evaluate(&stage).unwrap();
+    assert_eq!(summary.cases, 2);
+    let per_case = read_per_case(&stage.evaluation().join("per_case.csv")).unwrap();
+    assert_eq!(
+        per_case.iter().map(|c| c.case.clone()).collect::<Vec<_>>(),
+        names(&stage.predictions(VALIDATION))
+    );
+    let written: Summary = serde_json::from_str(
+        &std::fs::read_to_string(stage.evaluation().join(SUMMARY_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(written, summary);
+
+    let page = stage::report(&stage).unwrap();
+    let html = std::fs::read_to_string(&page).unwrap();
+    let sources: Vec<&str> = html
+        .split("src=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    // Two overlays per case and one animation.
+    assert_eq!(
+        sources.iter().filter(|s| s.ends_with(".png")).count(),
+        4,
+        "{sources:?}"
+    );
+    assert_eq!(sources.iter().filter(|s| s.ends_with(".gif")).count(), 1);
+    for source in &sources {
+        let file = page.parent().unwrap().join(source);
+        assert!(
+            file.is_file(),
+            "report.html references {source}, which does not exist"
+        );
+        assert!(std::fs::metadata(&file).unwrap().len() > 100);
+    }
+    for case in names(&stage.predictions(VALIDATION)) {
+        assert!(html.contains(&case));
+    }
+    let gif = sources.iter().find(|s| s.ends_with(".gif")).unwrap();
+    let bytes = std::fs::read(page.parent().unwrap().join(gif)).unwrap();
+    assert!(bytes.starts_with(b"GIF89a"));
+    // A second report replaces the first whole.
+    stage::report(&stage).unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(&stage.run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn seg_eval(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_seg-eval"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_binary_explains_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing: PathBuf = dir.path().join("no_checkpoint");
+    let input = dir.path().join("ct.nii.gz");
+    std::fs::write(&input, b"").unwrap();
+    let (code, stderr) = seg_eval(&[
+        "predict",
+        "--checkpoint",
+        missing.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no_checkpoint") && stderr.contains("no checkpoint"),
+        "{stderr}"
+    );
+
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[eval]\nthreshold = 1.5\n").unwrap();
+    let (code, stderr) = seg_eval(&["evaluate", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("eval.threshold"), "{stderr}");
+
+    let (code, stderr) = seg_eval(&[
+        "evaluate",
+        "--pred",
+        dir.path().to_str().unwrap(),
+        "--ref",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no predicted masks") || stderr.contains("ct.nii.gz"),
+        "{stderr}"
+    );
+}
