@@ -479,3 +479,115 @@ fn measure_model(width: usize, size: usize, steps: usize) -> anyhow::Result<serd
         "peak_rss_mb": peak_kb / 1024.0,
     }))
 }
+
+#[derive(clap::Args)]
+pub struct InferBench {
+    /// The demo network's settings come from this config ([model], [preprocess]).
+    #[arg(long, value_name = "FILE", default_value = "config/default.toml")]
+    config: PathBuf,
+    /// In-plane voxels of the synthetic CT (MSD: 512).
+    #[arg(long, default_value_t = 512)]
+    size: usize,
+    /// Axial slices of the synthetic CT (MSD: ~300).
+    #[arg(long, default_value_t = 300)]
+    slices: usize,
+    /// Skip the reference width-64 network (minutes per volume on a small CPU).
+    #[arg(long)]
+    demo_only: bool,
+    /// Working folder (default: a temporary one).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// `cargo xtask bench infer`: seconds to predict one MSD-sized synthetic CT end to end (read →
+/// mask written), with the demo network and with the reference one (untrained weights: the
+/// time does not depend on them).
+pub fn infer(args: InferBench) -> anyhow::Result<()> {
+    use seg_eval::predict::{PredictOptions, Predictor, plan, run_job};
+    use seg_model::{Model, ModelConfig};
+
+    let config = ct_io::config::Config::load(&args.config, &[])?;
+    let demo_model: ModelConfig = config.section()?;
+    let demo_preprocess: PreprocessConfig = config.section()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let synth = SynthConfig {
+        cases: 0,
+        test_cases: 1,
+        size: args.size,
+        slices: args.slices,
+        ..SynthConfig::default()
+    };
+    let task = dir.join("Task06_Lung");
+    write_task(&task, &synth)?;
+    let input = ct_io::task::nifti_files(&task.join("imagesTs"))?
+        .into_iter()
+        .next()
+        .context("no phantom written")?;
+    let mut networks = vec![("demo", demo_model, demo_preprocess)];
+    if !args.demo_only {
+        networks.push((
+            "reference",
+            ModelConfig::default(),
+            PreprocessConfig::default(),
+        ));
+    }
+    println!(
+        "inference benchmark: one {}x{}x{} CT, CPU, {} threads",
+        args.size,
+        args.size,
+        args.slices,
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:>10} {:>6} {:>6} {:>12} {:>10} {:>12}",
+        "network", "width", "input", "parameters", "seconds", "slices/s"
+    );
+    let mut rows = Vec::new();
+    for (name, model_config, preprocess) in networks {
+        let checkpoint = dir.join(format!("checkpoint_{name}"));
+        let model = Model::new(&model_config, &candle_core::Device::Cpu)?;
+        model.save(
+            &checkpoint,
+            Some(serde_json::to_value(&preprocess)?),
+            serde_json::Value::Null,
+        )?;
+        let predictor = Predictor::load(
+            &checkpoint,
+            &candle_core::Device::Cpu,
+            PredictOptions::default(),
+        )?;
+        let job = plan(&input, &dir.join(format!("mask_{name}.nii.gz")), false)?.remove(0);
+        let report = run_job(&predictor, &job)?;
+        let kept = args.slices
+            - ct_preprocess::slices::decide_crop(
+                &preprocess,
+                args.slices,
+                ct_io::read_volume(&input)?.geometry.spacing[2],
+                None,
+            )
+            .applied;
+        println!(
+            "{:>10} {:>6} {:>6} {:>12} {:>10.1} {:>12.1}",
+            name,
+            model_config.width,
+            preprocess.size,
+            model.parameter_count(),
+            report.seconds,
+            kept as f64 / report.seconds
+        );
+        rows.push(serde_json::json!({
+            "network": name,
+            "width": model_config.width,
+            "input_size": preprocess.size,
+            "parameters": model.parameter_count(),
+            "seconds": report.seconds,
+            "slices_predicted": kept,
+        }));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"benchmark": "infer", "shape": [args.size, args.size, args.slices], "rows": rows})
+    );
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 
 mod bench;
+mod pipeline;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ enum Command {
     /// Measure a stage's speed.
     #[command(subcommand)]
     Bench(Bench),
+    /// The whole job: synth (if no data) → preprocess → train → predict → evaluate → report.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 #[derive(Subcommand)]
@@ -34,6 +37,8 @@ enum Bench {
     Loader(bench::LoaderBench),
     /// The U-Net's forward and training-step time and peak memory on CPU.
     Model(bench::ModelBench),
+    /// seg-eval predict on one MSD-sized CT, end to end, demo and reference networks.
+    Infer(bench::InferBench),
 }
 
 #[derive(clap::Args)]
@@ -92,6 +97,11 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         (None, Some(c)) => c.paths()?.data_dir,
         (None, None) => anyhow::bail!("give --out DIR or --config FILE"),
     };
+    write_synth(&synth, &out)
+}
+
+/// Writes the phantoms of `synth` into the task folder `out`.
+fn write_synth(synth: &SynthConfig, out: &std::path::Path) -> anyhow::Result<()> {
     tracing::info!(
         "writing {} + {} phantoms of {}x{}x{} ({}) to {}",
         synth.cases,
@@ -102,7 +112,7 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         synth.orientation,
         out.display()
     );
-    let report = write_task(&out, &synth).with_context(|| format!("writing {}", out.display()))?;
+    let report = write_task(out, synth).with_context(|| format!("writing {}", out.display()))?;
     println!(
         "wrote {} training + {} test cases to {} in {:.1} s: {:.0} MB of voxels, {:.1} MB/s",
         report.training_cases,
@@ -118,10 +128,22 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     ct_io::cli::init_tracing();
     let cli = Cli::parse();
-    ct_io::cli::run(|| match cli.command {
+    let result = match cli.command {
         Command::Synth(args) => synth(args),
         Command::Bench(Bench::Preprocess(args)) => bench::preprocess(args),
         Command::Bench(Bench::Loader(args)) => bench::loader(args),
         Command::Bench(Bench::Model(args)) => bench::model(args),
-    })
+        Command::Bench(Bench::Infer(args)) => bench::infer(args),
+        Command::Pipeline(args) => pipeline::pipeline(args),
+    };
+    // A failing stage has printed its own error: exit with its code.
+    if let Some(failed) = result
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<pipeline::StageFailed>())
+    {
+        eprintln!("error: {failed}");
+        return ExitCode::from(failed.code);
+    }
+    ct_io::cli::run(|| result)
 }

@@ -1,0 +1,179 @@
+//! End to end: `cargo xtask pipeline` on config/smoke.toml (tiny phantoms, a tiny network), every
+//! artifact present and consistent, and a second run that skips every stage.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ct_io::read_volume;
+use ct_preprocess::manifest::{MANIFEST_FILE, Manifest, PREPROCESSED_DIR};
+use ct_preprocess::split::Split;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs the pipeline on the smoke config with everything under `work`.
+fn pipeline(work: &Path, extra: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root())
+        .args([
+            "pipeline",
+            "--dev",
+            "--config",
+            "config/smoke.toml",
+            "--set",
+        ])
+        .arg(format!("paths.work_dir={}", work.display()))
+        .arg("--set")
+        .arg(format!(
+            "paths.data_dir={}",
+            work.join("Task06_Lung").display()
+        ))
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+fn assert_finite(value: &serde_json::Value, at: &str) {
+    match value {
+        serde_json::Value::Number(n) => {
+            assert!(n.as_f64().unwrap().is_finite(), "{at} is not finite")
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| assert_finite(v, &format!("{at}[{i}]"))),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .for_each(|(k, v)| assert_finite(v, &format!("{at}.{k}"))),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_pipeline_runs_end_to_end_and_a_second_run_skips_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let (code, log) = pipeline(work, &[]);
+    assert_eq!(code, 0, "{log}");
+
+    // The dataset: every slice the manifest lists is on disk, and nothing else.
+    let preprocessed = work.join(PREPROCESSED_DIR);
+    let manifest = Manifest::load(&preprocessed.join(MANIFEST_FILE)).unwrap();
+    assert_eq!(manifest.cases.len(), 6);
+    for slice in &manifest.slices {
+        assert!(preprocessed.join(&slice.files.image).is_file());
+        assert!(preprocessed.join(&slice.files.mask).is_file());
+    }
+    let npy_files = walk(&preprocessed.join("cases"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "npy"))
+        .count();
+    assert_eq!(npy_files, 2 * manifest.slices.len());
+
+    // The checkpoint loads and says what it was trained on.
+    let run = work.join("runs/smoke");
+    let (model, info) =
+        seg_model::Model::load(&run.join("best"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(model.config().width, 4);
+    assert_eq!(info.preprocess.unwrap()["size"], 32);
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+
+    // One mask per validation and test case, in its CT's geometry.
+    let task = ct_io::read_task(&work.join("Task06_Lung")).unwrap();
+    let validation: Vec<&ct_io::Case> = task
+        .training
+        .iter()
+        .filter(|c| manifest.case(&c.id).unwrap().split == Split::Validation)
+        .collect();
+    assert!(!validation.is_empty());
+    for (cases, folder) in [
+        (validation.clone(), "validation"),
+        (task.test.iter().collect(), "test"),
+    ] {
+        let masks = ct_io::task::nifti_files(&run.join("predictions").join(folder)).unwrap();
+        assert_eq!(masks.len(), cases.len(), "{folder}");
+        for case in cases {
+            let mask_path = run
+                .join("predictions")
+                .join(folder)
+                .join(case.image.file_name().unwrap());
+            let mask = read_volume(&mask_path).unwrap();
+            let ct = read_volume(&case.image).unwrap();
+            assert_eq!(mask.geometry, ct.geometry, "{}", mask_path.display());
+            assert!(mask.data.iter().all(|v| *v == 0.0 || *v == 1.0));
+        }
+    }
+
+    // The evaluation and the report.
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("evaluation/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["cases"], validation.len());
+    assert_finite(&summary, "summary");
+    let per_case = std::fs::read_to_string(run.join("evaluation/per_case.csv")).unwrap();
+    assert_eq!(per_case.lines().count(), validation.len() + 1);
+    assert!(run.join("report/report.html").is_file());
+    assert!(log.contains("report.html"), "{log}");
+
+    // A second run does no work and changes nothing.
+    let before = stamps(work);
+    let (code, log) = pipeline(work, &[]);
+    assert_eq!(code, 0, "{log}");
+    for stage in ["preprocess", "train", "predict", "evaluate", "report"] {
+        assert!(
+            log.contains(&format!("== {stage}: up to date, skipped")),
+            "{stage}: {log}"
+        );
+    }
+    assert!(log.contains("== synth: skipped"), "{log}");
+    assert_eq!(stamps(work), before, "the second run wrote files");
+
+    // A failing stage stops the pipeline with its exit code and error.
+    std::fs::remove_dir_all(run.join("predictions/validation")).unwrap();
+    let (code, log) = pipeline(work, &["--only", "evaluate"]);
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("stage evaluate failed"), "{log}");
+    assert!(log.contains("predictions/validation"), "{log}");
+    // A bad config value stops it before any work, with the config's exit code.
+    let (code, log) = pipeline(work, &["--set", "train.batch_size=0"]);
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("train.batch_size"), "{log}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Every file below `dir` with its modification time.
+fn stamps(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut out: Vec<_> = walk(dir)
+        .into_iter()
+        .map(|p| {
+            let t = std::fs::metadata(&p).unwrap().modified().unwrap();
+            (p, t)
+        })
+        .collect();
+    out.sort();
+    out
+}
