@@ -5,6 +5,7 @@
 //! PyTorch project.
 
 pub mod config;
+pub mod conv;
 pub mod device;
 pub mod import;
 pub mod model;

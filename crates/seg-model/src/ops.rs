@@ -7,8 +7,13 @@
 //!   weighted sums, interleaved by a reshape.
 //! - `binary_cross_entropy_with_logit` takes the log of a sigmoid (inf for logits of ±50): here the
 //!   stable form max(x, 0) − x·t + log(1 + exp(−|x|)).
+//! - `conv2d` on CPU gathers im2col element by element and computes the input gradient with a
+//!   plain-loop transposed convolution: here 3x3 convolutions are [`crate::conv`]'s matrix
+//!   products, bias and ReLU folded in.
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use crate::conv;
 
 /// 2x2 max pooling with stride 2 of `[B, C, H, W]` (H and W even).
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
@@ -57,71 +62,194 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     ((positive - cross)? + softplus)?.mean_all()
 }
 
-/// A 3x3 convolution, stride 1, padding 1, of `x` `[B, Cin, H, W]` with `weight` `[Cout, Cin, 3, 3]`,
-/// whose input gradient is a convolution with the flipped, transposed kernel. Candle computes that
-/// gradient with its transposed convolution, a plain loop 2-4x slower on CPU; the values are the
-/// same. CPU only (elsewhere use candle's conv2d).
-pub fn conv3x3(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let plain = |t: &Tensor| -> Result<Tensor> {
-        if t.is_contiguous() && t.layout().start_offset() == 0 {
-            Ok(t.clone())
-        } else {
-            t.force_contiguous()
-        }
+/// A 3x3 convolution, stride 1, padding 1, of `x` `[B, Cin, H, W]` with `weight`
+/// `[Cout, Cin, 3, 3]`, plus `bias` `[Cout]` if given, then ReLU if `relu`: one pass on CPU
+/// through [`crate::conv`] (forward and both gradients as matrix products; the bias and ReLU
+/// folded into the copy out of the product). CPU only (elsewhere use candle's conv2d).
+pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    let x = plain(x)?;
+    let weight = plain(weight)?;
+    match bias {
+        Some(bias) => x.apply_op3(&weight, &plain(bias)?, Conv3x3 { relu }),
+        None => x.apply_op2(&weight, Conv3x3 { relu }),
+    }
+}
+
+/// `t` itself when its storage is already contiguous from offset 0, else a contiguous copy.
+fn plain(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() && t.layout().start_offset() == 0 {
+        Ok(t.clone())
+    } else {
+        t.force_contiguous()
+    }
+}
+
+struct Conv3x3 {
+    relu: bool,
+}
+
+/// The values of a CPU storage under a contiguous layout.
+fn values<'a, T: candle_core::WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<&'a [T]> {
+    let all = T::cpu_storage_as_slice(storage)?;
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("conv3x3: expected a contiguous tensor");
     };
-    plain(x)?.apply_op2(&plain(weight)?, Conv3x3)
+    Ok(&all[start..end])
 }
 
-struct Conv3x3;
+impl Conv3x3 {
+    fn run(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, channels, height, width) = x.1.shape().dims4()?;
+        let (out_channels, in_channels, kh, kw) = w.1.shape().dims4()?;
+        if in_channels != channels || (kh, kw) != (3, 3) {
+            candle_core::bail!(
+                "conv3x3: input has {channels} channels, weight is {:?}",
+                w.1.shape()
+            );
+        }
+        let dims = conv::Dims {
+            batch,
+            channels,
+            height,
+            width,
+        };
+        let shape = Shape::from((batch, out_channels, height, width));
+        fn typed<T: candle_core::WithDType + conv::Real>(
+            relu: bool,
+            dims: conv::Dims,
+            out_channels: usize,
+            x: (&CpuStorage, &Layout),
+            w: (&CpuStorage, &Layout),
+            bias: Option<(&CpuStorage, &Layout)>,
+        ) -> Result<CpuStorage> {
+            let bias = bias.map(|(s, l)| values::<T>(s, l)).transpose()?;
+            let y = conv::forward(
+                values::<T>(x.0, x.1)?,
+                dims,
+                values::<T>(w.0, w.1)?,
+                out_channels,
+                bias,
+                relu,
+            );
+            Ok(T::to_cpu_storage_owned(y))
+        }
+        let storage = match x.0 {
+            CpuStorage::F32(_) => typed::<f32>(self.relu, dims, out_channels, x, w, bias)?,
+            CpuStorage::F64(_) => typed::<f64>(self.relu, dims, out_channels, x, w, bias)?,
+            _ => candle_core::bail!("conv3x3: f32 or f64 tensors only"),
+        };
+        Ok((storage, shape))
+    }
 
-/// A tensor over a copy of a CPU storage laid out contiguously from offset 0.
-fn cpu_tensor(storage: &candle_core::CpuStorage, layout: &candle_core::Layout) -> Tensor {
-    Tensor::from_storage(
-        candle_core::Storage::Cpu(storage.clone()),
-        layout.shape().clone(),
-        candle_core::op::BackpropOp::none(),
-        false,
-    )
+    /// Gradients of x and the weight (and the output gradient before ReLU, for the bias).
+    fn gradients(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let grad = if self.relu {
+            (grad * y.gt(0f64)?.to_dtype(grad.dtype())?)?
+        } else {
+            grad.clone()
+        };
+        let (batch, channels, height, width) = x.dims4()?;
+        let (out_channels, _, _, _) = weight.dims4()?;
+        let dims = conv::Dims {
+            batch,
+            channels,
+            height,
+            width,
+        };
+        fn typed<T: candle_core::WithDType + conv::Real>(
+            x: &Tensor,
+            weight: &Tensor,
+            grad: &Tensor,
+            dims: conv::Dims,
+            out_channels: usize,
+        ) -> Result<(Tensor, Tensor)> {
+            let all = |t: &Tensor| t.flatten_all()?.to_vec1::<T>();
+            let flipped = conv::flipped_transposed(&all(weight)?, out_channels, dims.channels);
+            let flipped =
+                Tensor::from_vec(flipped, (dims.channels, out_channels, 3, 3), x.device())?;
+            let grad_weight = conv::weight_grad(&all(x)?, dims, &all(grad)?, out_channels);
+            Ok((
+                flipped,
+                Tensor::from_vec(grad_weight, weight.shape(), x.device())?,
+            ))
+        }
+        let (flipped, grad_weight) = match x.dtype() {
+            candle_core::DType::F64 => typed::<f64>(x, weight, &grad, dims, out_channels)?,
+            _ => typed::<f32>(x, weight, &grad, dims, out_channels)?,
+        };
+        let grad_x = conv3x3(&grad, &flipped, None, false)?;
+        Ok((grad_x, grad_weight, grad))
+    }
 }
 
-impl candle_core::CustomOp2 for Conv3x3 {
+impl CustomOp2 for Conv3x3 {
     fn name(&self) -> &'static str {
         "conv3x3"
     }
 
     fn cpu_fwd(
         &self,
-        s1: &candle_core::CpuStorage,
-        l1: &candle_core::Layout,
-        s2: &candle_core::CpuStorage,
-        l2: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let y = cpu_tensor(s1, l1).conv2d(&cpu_tensor(s2, l2), 1, 1, 1, 1)?;
-        let (storage, _) = y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(cpu) => Ok((cpu.clone(), y.shape().clone())),
-            _ => candle_core::bail!("conv3x3: expected a CPU result"),
-        }
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), None)
     }
 
     fn bwd(
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _res: &Tensor,
+        y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let reversed = Tensor::new(&[2u32, 1, 0], x.device())?;
-        let flipped = weight
-            .index_select(&reversed, 2)?
-            .index_select(&reversed, 3)?
-            .transpose(0, 1)?
-            .contiguous()?;
-        let grad_x = grad.conv2d(&flipped, 1, 1, 1, 1)?;
-        let grad_weight = x
-            .transpose(0, 1)?
-            .conv2d(&grad.transpose(0, 1)?, 1, 1, 1, 1)?
-            .transpose(0, 1)?;
+        let (grad_x, grad_weight, _) = self.gradients(x, weight, y, grad)?;
         Ok((Some(grad_x), Some(grad_weight)))
+    }
+}
+
+impl CustomOp3 for Conv3x3 {
+    fn name(&self) -> &'static str {
+        "conv3x3_bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_weight, grad) = self.gradients(x, weight, y, grad)?;
+        let grad_bias = grad.sum((0, 2, 3))?;
+        Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
     }
 }

@@ -43,29 +43,31 @@ impl DoubleConv {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = conv(&self.conv1, x)?;
-        if let Some(norm) = &self.norm1 {
-            h = norm.forward_t(&h, train)?;
+        let h = match &self.norm1 {
+            None => conv_relu(&self.conv1, x)?,
+            Some(norm) => norm.forward_t(&conv(&self.conv1, x)?, train)?.relu()?,
+        };
+        match &self.norm2 {
+            None => conv_relu(&self.conv2, &h),
+            Some(norm) => norm.forward_t(&conv(&self.conv2, &h)?, train)?.relu(),
         }
-        h = conv(&self.conv2, &h.relu()?)?;
-        if let Some(norm) = &self.norm2 {
-            h = norm.forward_t(&h, train)?;
-        }
-        h.relu()
     }
 }
 
-/// A 3x3 padded convolution: on CPU through [`conv3x3`] (a faster input gradient), elsewhere
-/// candle's own.
+/// A 3x3 padded convolution with its bias: on CPU through [`conv3x3`], elsewhere candle's own.
 fn conv(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return layer.forward(x);
     }
-    let y = conv3x3(x, layer.weight())?;
-    match layer.bias() {
-        Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
-        None => Ok(y),
+    conv3x3(x, layer.weight(), layer.bias(), false)
+}
+
+/// [`conv`] then ReLU, fused on CPU.
+fn conv_relu(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return layer.forward(x)?.relu();
     }
+    conv3x3(x, layer.weight(), layer.bias(), true)
 }
 
 /// Encoder levels `layer1..=layer{depth}`, decoder levels `layer{depth+1}..=layer{2 depth - 1}`

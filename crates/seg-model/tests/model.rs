@@ -419,18 +419,33 @@ fn the_shipped_configs_have_valid_model_sections() {
 }
 
 #[test]
-fn conv3x3_equals_candles_conv_with_exact_gradients_for_input_and_kernel() {
+fn conv3x3_equals_candles_conv_with_exact_gradients_for_input_kernel_and_bias() {
     let device = Device::Cpu;
-    let x = Tensor::randn(0f64, 1.0, (2, 3, 5, 4), &device).unwrap();
-    let w = Tensor::randn(0f64, 1.0, (4, 3, 3, 3), &device).unwrap();
-    let ours = conv3x3(&x, &w).unwrap();
-    let candle = x.conv2d(&w, 1, 1, 1, 1).unwrap();
-    assert!(max_abs_diff(&ours, &candle) < 1e-12);
-    check_gradient(|t| conv3x3(t, &w), x.clone());
-    check_gradient(|t| conv3x3(&x, t), w.clone());
-    // A narrowed (offset) input is handled as well.
-    let wide = Tensor::randn(0f64, 1.0, (2, 5, 5, 4), &device).unwrap();
+    // Few input channels (stacked shifts) and many (accumulated shifted products).
+    for (cin, cout) in [(3, 4), (33, 2)] {
+        let x = Tensor::randn(0f64, 1.0, (2, cin, 5, 4), &device).unwrap();
+        let w = Tensor::randn(0f64, 0.3, (cout, cin, 3, 3), &device).unwrap();
+        let b = Tensor::randn(0f64, 1.0, cout, &device).unwrap();
+        let candle = x
+            .conv2d(&w, 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, cout, 1, 1)).unwrap())
+            .unwrap();
+        let ours = conv3x3(&x, &w, Some(&b), false).unwrap();
+        assert!(max_abs_diff(&ours, &candle) < 1e-12);
+        let relu = conv3x3(&x, &w, Some(&b), true).unwrap();
+        assert!(max_abs_diff(&relu, &candle.relu().unwrap()) < 1e-12);
+        for fused_relu in [false, true] {
+            check_gradient(|t| conv3x3(t, &w, Some(&b), fused_relu), x.clone());
+            check_gradient(|t| conv3x3(&x, t, Some(&b), fused_relu), w.clone());
+            check_gradient(|t| conv3x3(&x, &w, Some(t), fused_relu), b.clone());
+        }
+        check_gradient(|t| conv3x3(t, &w, None, false), x.clone());
+    }
+    // A narrowed (offset) input is handled as well, and f32 agrees with candle.
+    let w = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &device).unwrap();
+    let wide = Tensor::randn(0f32, 1.0, (2, 5, 5, 4), &device).unwrap();
     let part = wide.narrow(1, 2, 3).unwrap();
     let expected = part.contiguous().unwrap().conv2d(&w, 1, 1, 1, 1).unwrap();
-    assert!(max_abs_diff(&conv3x3(&part, &w).unwrap(), &expected) < 1e-12);
+    assert!(max_abs_diff(&conv3x3(&part, &w, None, false).unwrap(), &expected) < 1e-4);
 }

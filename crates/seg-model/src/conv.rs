@@ -1,0 +1,501 @@
+//! The U-Net's 3x3 convolutions (stride 1, padding 1) on CPU as matrix products, without candle's
+//! scalar im2col: each image is zero-padded once, and a shift of the 3x3 window is then a constant
+//! offset into the padded planes. With outputs computed on the padded width (two columns per row
+//! that are thrown away), every shifted input is an ordinary strided matrix for the `gemm` crate
+//! (the one candle itself uses).
+//!
+//! Few input channels: the 9 shifted copies are stacked (9 row copies per channel, no gather) and
+//! multiplied once, K = 9·Cin. Many: 9 products of K = Cin accumulate into the output, no copies.
+//! Images run in parallel (each product on one thread) when the batch can keep every core busy;
+//! otherwise each product is parallel.
+
+use std::any::Any;
+use std::cell::RefCell;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// The element types the kernels run in: f32 for the network, f64 for gradient checks.
+pub trait Real:
+    Copy
+    + Default
+    + PartialOrd
+    + Send
+    + Sync
+    + std::ops::Add<Output = Self>
+    + std::ops::AddAssign
+    + 'static
+{
+    const ONE: Self;
+}
+
+impl Real for f32 {
+    const ONE: f32 = 1.0;
+}
+
+impl Real for f64 {
+    const ONE: f64 = 1.0;
+}
+
+/// Input channels from which the 9 shifted products beat one product over stacked copies.
+const STACK_BELOW: usize = 32;
+
+/// Shape of an NCHW batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Dims {
+    fn image(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+    fn padded_plane(&self) -> usize {
+        (self.height + 2) * (self.width + 2)
+    }
+    /// Output pixels per channel on the padded width.
+    fn padded_rows(&self) -> usize {
+        self.height * (self.width + 2)
+    }
+    /// Offset of the window shift (kh, kw) in a padded plane.
+    fn shift(&self, k: usize) -> usize {
+        (k / 3) * (self.width + 2) + k % 3
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch (padded input, stacked shifts, padded output) of one element type, kept
+    /// between calls: fresh memory costs a page fault per 4 KiB, a large share of a small
+    /// convolution.
+    static SCRATCH: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+type Buffers<T> = [Vec<T>; 3];
+
+/// Runs `f` with this thread's scratch buffers for `T`.
+fn with_scratch<T: Real, R>(f: impl FnOnce(&mut Buffers<T>) -> R) -> R {
+    SCRATCH.with_borrow_mut(|all| {
+        let at = match all.iter().position(|b| b.is::<Buffers<T>>()) {
+            Some(at) => at,
+            None => {
+                all.push(Box::new(Buffers::<T>::default()));
+                all.len() - 1
+            }
+        };
+        f(all[at].downcast_mut::<Buffers<T>>().expect("checked type"))
+    })
+}
+
+fn parallelism(batch: usize) -> (bool, Parallelism) {
+    let threads = rayon::current_num_threads();
+    if batch >= threads {
+        (true, Parallelism::None)
+    } else {
+        (false, Parallelism::Rayon(threads))
+    }
+}
+
+/// Copies image `x` (`channels` planes of height x width) into `padded` with a zero border, plus
+/// two trailing zeros that the last shifted view may touch.
+fn pad_image<T: Real>(x: &[T], d: &Dims, padded: &mut Vec<T>) {
+    let plane = d.padded_plane();
+    padded.clear();
+    padded.resize(d.channels * plane + 2, T::default());
+    let w2 = d.width + 2;
+    for (c, src) in x.chunks_exact(d.height * d.width).enumerate() {
+        for (r, row) in src.chunks_exact(d.width).enumerate() {
+            let at = c * plane + (r + 1) * w2 + 1;
+            padded[at..at + d.width].copy_from_slice(row);
+        }
+    }
+}
+
+/// Stacks the 9 shifted views of a padded image: row ci·9 + k holds shift k of channel ci.
+fn stack_shifts<T: Real>(padded: &[T], d: &Dims, stacked: &mut Vec<T>) {
+    let (plane, n) = (d.padded_plane(), d.padded_rows());
+    stacked.clear();
+    stacked.reserve(d.channels * 9 * n);
+    for c in 0..d.channels {
+        for k in 0..9 {
+            let at = c * plane + d.shift(k);
+            stacked.extend_from_slice(&padded[at..at + n]);
+        }
+    }
+}
+
+/// y = conv3x3(x, weight) (+ bias) (then ReLU): x `[B, Cin, H, W]`, weight `[Cout, Cin, 3, 3]`,
+/// returns `[B, Cout, H, W]`.
+pub fn forward<T: Real>(
+    x: &[T],
+    d: Dims,
+    weight: &[T],
+    out_channels: usize,
+    bias: Option<&[T]>,
+    relu: bool,
+) -> Vec<T> {
+    assert_eq!(x.len(), d.batch * d.image());
+    assert_eq!(weight.len(), out_channels * d.channels * 9);
+    let out_image = out_channels * d.height * d.width;
+    let mut y = vec![T::default(); d.batch * out_image];
+    let (per_image, inner) = parallelism(d.batch);
+    let run = |(x, y): (&[T], &mut [T])| {
+        with_scratch(|[padded, stacked, out]: &mut Buffers<T>| {
+            forward_image(x, &d, weight, out_channels, padded, stacked, out, inner);
+            copy_out(out, y, &d, bias, relu);
+        })
+    };
+    let pairs = x.chunks_exact(d.image()).zip(y.chunks_exact_mut(out_image));
+    if per_image {
+        pairs.par_bridge().for_each(run);
+    } else {
+        pairs.for_each(run);
+    }
+    y
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_image<T: Real>(
+    x: &[T],
+    d: &Dims,
+    weight: &[T],
+    out_channels: usize,
+    padded: &mut Vec<T>,
+    stacked: &mut Vec<T>,
+    out: &mut Vec<T>,
+    parallelism: Parallelism,
+) {
+    let (plane, n, cin) = (d.padded_plane(), d.padded_rows(), d.channels);
+    pad_image(x, d, padded);
+    out.clear();
+    out.resize(out_channels * n, T::default());
+    // SAFETY (both branches): every matrix lies inside its buffer: `out` is Cout x n; the weight
+    // Cout x 9·Cin; a shifted view reaches at most (Cin - 1)·plane + shift(8) + n - 1
+    // = Cin·plane + 1 < padded.len(); `stacked` is 9·Cin x n.
+    if cin < STACK_BELOW {
+        stack_shifts(padded, d, stacked);
+        unsafe {
+            gemm::gemm(
+                out_channels,
+                n,
+                9 * cin,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                weight.as_ptr(),
+                1,
+                (9 * cin) as isize,
+                stacked.as_ptr(),
+                1,
+                n as isize,
+                T::default(),
+                T::ONE,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    } else {
+        for k in 0..9 {
+            unsafe {
+                gemm::gemm(
+                    out_channels,
+                    n,
+                    cin,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    k > 0,
+                    weight.as_ptr().add(k),
+                    9,
+                    (9 * cin) as isize,
+                    padded.as_ptr().add(d.shift(k)),
+                    1,
+                    plane as isize,
+                    T::ONE,
+                    T::ONE,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+    }
+}
+
+/// Drops the two padding columns of each output row, adding the bias and applying ReLU.
+fn copy_out<T: Real>(out: &[T], y: &mut [T], d: &Dims, bias: Option<&[T]>, relu: bool) {
+    let w2 = d.width + 2;
+    for (c, (src, dst)) in out
+        .chunks_exact(d.padded_rows())
+        .zip(y.chunks_exact_mut(d.height * d.width))
+        .enumerate()
+    {
+        let b = bias.map_or(T::default(), |b| b[c]);
+        for (s, t) in src.chunks_exact(w2).zip(dst.chunks_exact_mut(d.width)) {
+            for (&v, o) in s[..d.width].iter().zip(t) {
+                let v = v + b;
+                *o = if !relu || v > T::default() {
+                    v
+                } else {
+                    T::default()
+                };
+            }
+        }
+    }
+}
+
+/// The weight gradient `[Cout, Cin, 3, 3]` of conv3x3 from the input x `[B, Cin, H, W]` and the
+/// output gradient `[B, Cout, H, W]`.
+pub fn weight_grad<T: Real>(x: &[T], d: Dims, grad: &[T], out_channels: usize) -> Vec<T> {
+    assert_eq!(x.len(), d.batch * d.image());
+    let out_image = out_channels * d.height * d.width;
+    assert_eq!(grad.len(), d.batch * out_image);
+    let size = out_channels * d.channels * 9;
+    let (per_image, inner) = parallelism(d.batch);
+    let run = |acc: &mut Vec<T>, (x, g): (&[T], &[T])| {
+        with_scratch(|[padded, stacked, out]: &mut Buffers<T>| {
+            weight_grad_image(x, g, &d, out_channels, acc, padded, stacked, out, inner)
+        })
+    };
+    let pairs = x.chunks_exact(d.image()).zip(grad.chunks_exact(out_image));
+    if per_image {
+        pairs
+            .par_bridge()
+            .fold(
+                || vec![T::default(); size],
+                |mut acc, pair| {
+                    run(&mut acc, pair);
+                    acc
+                },
+            )
+            .reduce(
+                || vec![T::default(); size],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
+                    a
+                },
+            )
+    } else {
+        let mut acc = vec![T::default(); size];
+        pairs.for_each(|pair| run(&mut acc, pair));
+        acc
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_image<T: Real>(
+    x: &[T],
+    grad: &[T],
+    d: &Dims,
+    out_channels: usize,
+    acc: &mut [T],
+    padded: &mut Vec<T>,
+    stacked: &mut Vec<T>,
+    grad_padded: &mut Vec<T>,
+    parallelism: Parallelism,
+) {
+    let (plane, n, cin) = (d.padded_plane(), d.padded_rows(), d.channels);
+    pad_image(x, d, padded);
+    // The output gradient on the padded width, zero in the two extra columns, so that the
+    // products see nothing from the wrapped-around pixels there.
+    grad_padded.clear();
+    grad_padded.resize(out_channels * n, T::default());
+    let w2 = d.width + 2;
+    for (src, dst) in grad
+        .chunks_exact(d.width)
+        .zip(grad_padded.chunks_exact_mut(w2))
+    {
+        dst[..d.width].copy_from_slice(src);
+    }
+    // SAFETY: as in `forward_image`; `acc` is Cout x 9·Cin.
+    if cin < STACK_BELOW {
+        stack_shifts(padded, d, stacked);
+        unsafe {
+            gemm::gemm(
+                out_channels,
+                9 * cin,
+                n,
+                acc.as_mut_ptr(),
+                1,
+                (9 * cin) as isize,
+                true,
+                grad_padded.as_ptr(),
+                1,
+                n as isize,
+                stacked.as_ptr(),
+                n as isize,
+                1,
+                T::ONE,
+                T::ONE,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    } else {
+        for k in 0..9 {
+            unsafe {
+                gemm::gemm(
+                    out_channels,
+                    cin,
+                    n,
+                    acc.as_mut_ptr().add(k),
+                    9,
+                    (9 * cin) as isize,
+                    true,
+                    grad_padded.as_ptr(),
+                    1,
+                    n as isize,
+                    padded.as_ptr().add(d.shift(k)),
+                    plane as isize,
+                    1,
+                    T::ONE,
+                    T::ONE,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+    }
+}
+
+/// The kernel that turns an output gradient into the input gradient: `weight` `[Cout, Cin, 3, 3]`
+/// transposed to `[Cin, Cout, 3, 3]` and rotated by 180°.
+pub fn flipped_transposed<T: Real>(
+    weight: &[T],
+    out_channels: usize,
+    in_channels: usize,
+) -> Vec<T> {
+    let mut out = vec![T::default(); weight.len()];
+    for co in 0..out_channels {
+        for ci in 0..in_channels {
+            for k in 0..9 {
+                out[(ci * out_channels + co) * 9 + (8 - k)] =
+                    weight[(co * in_channels + ci) * 9 + k];
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, in f64.
+    fn direct(x: &[f32], d: Dims, w: &[f32], cout: usize) -> Vec<f64> {
+        let (h, wd) = (d.height as isize, d.width as isize);
+        let mut y = vec![0f64; d.batch * cout * d.height * d.width];
+        for b in 0..d.batch {
+            for co in 0..cout {
+                for r in 0..h {
+                    for c in 0..wd {
+                        let mut s = 0f64;
+                        for ci in 0..d.channels {
+                            for k in 0..9isize {
+                                let (rr, cc) = (r + k / 3 - 1, c + k % 3 - 1);
+                                if rr < 0 || cc < 0 || rr >= h || cc >= wd {
+                                    continue;
+                                }
+                                let xv = x[((b * d.channels + ci) * d.height + rr as usize)
+                                    * d.width
+                                    + cc as usize];
+                                s += f64::from(xv)
+                                    * f64::from(w[(co * d.channels + ci) * 9 + k as usize]);
+                            }
+                        }
+                        y[((b * cout + co) * d.height + r as usize) * d.width + c as usize] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn forward_and_both_gradients_match_the_definition_on_both_paths() {
+        for (batch, cin, cout, h, w) in [(3, 2, 5, 7, 6), (1, 40, 3, 5, 9), (4, 33, 2, 4, 4)] {
+            let d = Dims {
+                batch,
+                channels: cin,
+                height: h,
+                width: w,
+            };
+            let x = values(batch * cin * h * w, 1);
+            let weight = values(cout * cin * 9, 2);
+            let bias = values(cout, 3);
+            let y = forward(&x, d, &weight, cout, Some(&bias), false);
+            let reference = direct(&x, d, &weight, cout);
+            for (i, (a, b)) in y.iter().zip(&reference).enumerate() {
+                let with_bias = b + f64::from(bias[(i / (h * w)) % cout]);
+                assert!(
+                    (f64::from(*a) - with_bias).abs() < 1e-4,
+                    "forward {i}: {a} vs {with_bias}"
+                );
+            }
+            let relu = forward(&x, d, &weight, cout, Some(&bias), true);
+            assert!(relu.iter().zip(&y).all(|(r, v)| *r == v.max(0.0)));
+
+            // Gradients of L = Σ g·y: dL/dx is the flipped-kernel convolution of g, and dL/dw[j]
+            // is Σ g·conv(x, e_j).
+            let g = values(batch * cout * h * w, 4);
+            let gd = Dims {
+                channels: cout,
+                ..d
+            };
+            let grad_x = forward(
+                &g,
+                gd,
+                &flipped_transposed(&weight, cout, cin),
+                cin,
+                None,
+                false,
+            );
+            for probe in [0, x.len() / 2, x.len() - 1] {
+                let mut e = vec![0f32; x.len()];
+                e[probe] = 1.0;
+                let expected: f64 = direct(&e, d, &weight, cout)
+                    .iter()
+                    .zip(&g)
+                    .map(|(a, b)| a * f64::from(*b))
+                    .sum();
+                assert!(
+                    (f64::from(grad_x[probe]) - expected).abs() < 1e-4,
+                    "grad x {probe}"
+                );
+            }
+            let grad_w = weight_grad(&x, d, &g, cout);
+            for probe in [0, weight.len() / 3, weight.len() - 1] {
+                let mut e = vec![0f32; weight.len()];
+                e[probe] = 1.0;
+                let expected: f64 = direct(&x, d, &e, cout)
+                    .iter()
+                    .zip(&g)
+                    .map(|(a, b)| a * f64::from(*b))
+                    .sum();
+                assert!(
+                    (f64::from(grad_w[probe]) - expected).abs() < 1e-3,
+                    "grad w {probe}: {} vs {expected}",
+                    grad_w[probe]
+                );
+            }
+        }
+    }
+}
