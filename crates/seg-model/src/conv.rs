@@ -23,18 +23,26 @@ pub trait Real:
     + Send
     + Sync
     + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
     + std::ops::AddAssign
     + 'static
 {
     const ONE: Self;
+    fn from_f64(v: f64) -> Self;
 }
 
 impl Real for f32 {
     const ONE: f32 = 1.0;
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
 }
 
 impl Real for f64 {
     const ONE: f64 = 1.0;
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
 }
 
 /// Input channels from which the 9 shifted products beat one product over stacked copies.
@@ -366,6 +374,32 @@ fn weight_grad_image<T: Real>(
             }
         }
     }
+}
+
+/// The output gradient before a fused ReLU (zero where the output `y` is not positive; `grad`
+/// itself without ReLU) and the bias gradient (its sum per channel) of a `[B, C, H, W]` output.
+pub fn output_grad<T: Real>(grad: &[T], y: &[T], d: Dims, relu: bool) -> (Vec<T>, Vec<T>) {
+    assert_eq!(grad.len(), d.batch * d.image());
+    let plane = d.height * d.width;
+    let mut pre = grad.to_vec();
+    if relu {
+        pre.par_chunks_mut(plane)
+            .zip(y.par_chunks(plane))
+            .for_each(|(g, y)| {
+                for (g, y) in g.iter_mut().zip(y) {
+                    *g = if *y > T::default() { *g } else { T::default() };
+                }
+            });
+    }
+    let mut bias = vec![T::default(); d.channels];
+    for (n, plane_grad) in pre.chunks_exact(plane).enumerate() {
+        let mut sum = T::default();
+        for &g in plane_grad {
+            sum += g;
+        }
+        bias[n % d.channels] += sum;
+    }
+    (pre, bias)
 }
 
 /// The kernel that turns an output gradient into the input gradient: `weight` `[Cout, Cin, 3, 3]`

@@ -10,6 +10,7 @@ pub mod device;
 pub mod import;
 pub mod model;
 pub mod ops;
+pub mod resample;
 pub mod unet;
 
 pub use config::{ModelConfig, Upsampling};

@@ -1,25 +1,32 @@
 //! Differentiable building blocks whose candle 0.11 versions are wrong or lack a backward pass,
 //! written from ops whose gradients are exact.
 //!
-//! - `max_pool2d` in candle scales the gradient by (maxima in the window) / 4: here 2x2 pooling is
-//!   a reshape and two `max` reductions, whose backward routes the gradient to the maximum.
-//! - `upsample_bilinear2d` has no backward: here bilinear x2 (align_corners = false) is shifts and
-//!   weighted sums, interleaved by a reshape.
+//! - `max_pool2d` in candle scales the gradient by (maxima in the window) / 4: here the whole
+//!   gradient goes to the maximum.
+//! - `upsample_bilinear2d` has no backward: here bilinear x2 (align_corners = false) has one.
+//!
+//! On CPU both are single kernels ([`crate::resample`]); on other devices they are composed from
+//! candle ops with exact gradients.
 //! - `binary_cross_entropy_with_logit` takes the log of a sigmoid (inf for logits of ±50): here the
 //!   stable form max(x, 0) − x·t + log(1 + exp(−|x|)).
 //! - `conv2d` on CPU gathers im2col element by element and computes the input gradient with a
 //!   plain-loop transposed convolution: here 3x3 convolutions are [`crate::conv`]'s matrix
 //!   products, bias and ReLU folded in.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::conv;
+use crate::{conv, resample};
 
-/// 2x2 max pooling with stride 2 of `[B, C, H, W]` (H and W even).
+/// 2x2 max pooling with stride 2 of `[B, C, H, W]` (H and W even). On CPU one kernel each way
+/// ([`crate::resample`]); elsewhere a reshape and two `max` reductions, whose backward routes the
+/// gradient to the maximum.
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     if h % 2 != 0 || w % 2 != 0 {
         candle_core::bail!("max_pool2x2 needs even height and width, got {h}x{w}");
+    }
+    if x.device().is_cpu() {
+        return plain(x)?.apply_op1(MaxPool2x2);
     }
     x.contiguous()?
         .reshape((b, c, h / 2, 2, w / 2, 2))?
@@ -28,8 +35,12 @@ pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Bilinear x2 upsampling of `[B, C, H, W]`, as PyTorch's `Upsample(scale_factor=2,
-/// mode="bilinear", align_corners=False)`.
+/// mode="bilinear", align_corners=False)`. On CPU one kernel each way; elsewhere shifts and
+/// weighted sums, interleaved by a reshape.
 pub fn upsample_bilinear2x(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return plain(x)?.apply_op1(UpsampleBilinear2x);
+    }
     upsample_axis(&upsample_axis(x, 2)?, 3)
 }
 
@@ -51,6 +62,115 @@ fn upsample_axis(x: &Tensor, dim: usize) -> Result<Tensor> {
     let mut shape = x.dims().to_vec();
     shape[dim] *= 2;
     Tensor::stack(&[even, odd], dim + 1)?.reshape(shape)
+}
+
+struct MaxPool2x2;
+struct UpsampleBilinear2x;
+
+/// Runs `f32_op` or `f64_op` on a contiguous CPU storage, by its dtype.
+fn by_dtype(
+    storage: &CpuStorage,
+    layout: &Layout,
+    f32_op: impl FnOnce(&[f32]) -> Vec<f32>,
+    f64_op: impl FnOnce(&[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    Ok(match storage {
+        CpuStorage::F32(_) => CpuStorage::F32(f32_op(values(storage, layout)?)),
+        CpuStorage::F64(_) => CpuStorage::F64(f64_op(values(storage, layout)?)),
+        _ => candle_core::bail!("f32 or f64 tensors only"),
+    })
+}
+
+/// A tensor of `shape` from `f32_op` or `f64_op` applied to the CPU values of `inputs`.
+fn from_values(
+    inputs: &[&Tensor],
+    shape: &Shape,
+    f32_op: impl FnOnce(&[&[f32]]) -> Vec<f32>,
+    f64_op: impl FnOnce(&[&[f64]]) -> Vec<f64>,
+) -> Result<Tensor> {
+    let inputs: Vec<Tensor> = inputs.iter().map(|t| plain(t)).collect::<Result<_>>()?;
+    let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
+    let cpu = guards
+        .iter()
+        .map(|(storage, layout)| match &**storage {
+            candle_core::Storage::Cpu(cpu) => Ok((cpu, *layout)),
+            _ => candle_core::bail!("expected CPU tensors"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let device = inputs[0].device();
+    match cpu[0].0 {
+        CpuStorage::F32(_) => {
+            let all: Vec<&[f32]> = cpu
+                .iter()
+                .map(|(s, l)| values(s, l))
+                .collect::<Result<_>>()?;
+            Tensor::from_vec(f32_op(&all), shape, device)
+        }
+        CpuStorage::F64(_) => {
+            let all: Vec<&[f64]> = cpu
+                .iter()
+                .map(|(s, l)| values(s, l))
+                .collect::<Result<_>>()?;
+            Tensor::from_vec(f64_op(&all), shape, device)
+        }
+        _ => candle_core::bail!("f32 or f64 tensors only"),
+    }
+}
+
+impl CustomOp1 for MaxPool2x2 {
+    fn name(&self) -> &'static str {
+        "max_pool2x2"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = layout.shape().dims4()?;
+        let out = by_dtype(
+            storage,
+            layout,
+            |x| resample::max_pool(x, b * c, h, w),
+            |x| resample::max_pool(x, b * c, h, w),
+        )?;
+        Ok((out, Shape::from((b, c, h / 2, w / 2))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (b, c, h, w) = x.dims4()?;
+        let gx = from_values(
+            &[x, grad],
+            x.shape(),
+            |v| resample::max_pool_grad(v[0], v[1], b * c, h, w),
+            |v| resample::max_pool_grad(v[0], v[1], b * c, h, w),
+        )?;
+        Ok(Some(gx))
+    }
+}
+
+impl CustomOp1 for UpsampleBilinear2x {
+    fn name(&self) -> &'static str {
+        "upsample_bilinear2x"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = layout.shape().dims4()?;
+        let out = by_dtype(
+            storage,
+            layout,
+            |x| resample::upsample(x, b * c, h, w),
+            |x| resample::upsample(x, b * c, h, w),
+        )?;
+        Ok((out, Shape::from((b, c, 2 * h, 2 * w))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (b, c, h, w) = x.dims4()?;
+        let gx = from_values(
+            &[grad],
+            x.shape(),
+            |v| resample::upsample_grad(v[0], b * c, h, w),
+            |v| resample::upsample_grad(v[0], b * c, h, w),
+        )?;
+        Ok(Some(gx))
+    }
 }
 
 /// Mean binary cross-entropy of `logits` against `targets` (0/1), numerically stable for any
@@ -149,7 +269,7 @@ impl Conv3x3 {
         Ok((storage, shape))
     }
 
-    /// Gradients of x and the weight (and the output gradient before ReLU, for the bias).
+    /// Gradients of x, the weight and the bias.
     fn gradients(
         &self,
         x: &Tensor,
@@ -157,11 +277,6 @@ impl Conv3x3 {
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let grad = if self.relu {
-            (grad * y.gt(0f64)?.to_dtype(grad.dtype())?)?
-        } else {
-            grad.clone()
-        };
         let (batch, channels, height, width) = x.dims4()?;
         let (out_channels, _, _, _) = weight.dims4()?;
         let dims = conv::Dims {
@@ -170,29 +285,46 @@ impl Conv3x3 {
             height,
             width,
         };
-        fn typed<T: candle_core::WithDType + conv::Real>(
-            x: &Tensor,
-            weight: &Tensor,
-            grad: &Tensor,
-            dims: conv::Dims,
-            out_channels: usize,
-        ) -> Result<(Tensor, Tensor)> {
-            let all = |t: &Tensor| t.flatten_all()?.to_vec1::<T>();
-            let flipped = conv::flipped_transposed(&all(weight)?, out_channels, dims.channels);
-            let flipped =
-                Tensor::from_vec(flipped, (dims.channels, out_channels, 3, 3), x.device())?;
-            let grad_weight = conv::weight_grad(&all(x)?, dims, &all(grad)?, out_channels);
-            Ok((
-                flipped,
-                Tensor::from_vec(grad_weight, weight.shape(), x.device())?,
-            ))
-        }
-        let (flipped, grad_weight) = match x.dtype() {
-            candle_core::DType::F64 => typed::<f64>(x, weight, &grad, dims, out_channels)?,
-            _ => typed::<f32>(x, weight, &grad, dims, out_channels)?,
+        let out_dims = conv::Dims {
+            channels: out_channels,
+            ..dims
         };
+        // The output gradient through the ReLU, with the bias gradient in the same pass.
+        let bias_grad = std::cell::RefCell::new(None);
+        let relu = self.relu;
+        let grad = from_values(
+            &[grad, y],
+            grad.shape(),
+            |v| {
+                let (pre, bias) = conv::output_grad(v[0], v[1], out_dims, relu);
+                *bias_grad.borrow_mut() = Some(CpuStorage::F32(bias));
+                pre
+            },
+            |v| {
+                let (pre, bias) = conv::output_grad(v[0], v[1], out_dims, relu);
+                *bias_grad.borrow_mut() = Some(CpuStorage::F64(bias));
+                pre
+            },
+        )?;
+        let bias_grad = match bias_grad.into_inner().expect("set by the kernel") {
+            CpuStorage::F32(v) => Tensor::from_vec(v, out_channels, x.device())?,
+            CpuStorage::F64(v) => Tensor::from_vec(v, out_channels, x.device())?,
+            _ => unreachable!("only f32 and f64 reach the kernel"),
+        };
+        let flipped = from_values(
+            &[weight],
+            &Shape::from((channels, out_channels, 3, 3)),
+            |v| conv::flipped_transposed(v[0], out_channels, channels),
+            |v| conv::flipped_transposed(v[0], out_channels, channels),
+        )?;
+        let grad_weight = from_values(
+            &[x, &grad],
+            weight.shape(),
+            |v| conv::weight_grad(v[0], dims, v[1], out_channels),
+            |v| conv::weight_grad(v[0], dims, v[1], out_channels),
+        )?;
         let grad_x = conv3x3(&grad, &flipped, None, false)?;
-        Ok((grad_x, grad_weight, grad))
+        Ok((grad_x, grad_weight, bias_grad))
     }
 }
 
@@ -248,8 +380,7 @@ impl CustomOp3 for Conv3x3 {
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (grad_x, grad_weight, grad) = self.gradients(x, weight, y, grad)?;
-        let grad_bias = grad.sum((0, 2, 3))?;
+        let (grad_x, grad_weight, grad_bias) = self.gradients(x, weight, y, grad)?;
         Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
     }
 }

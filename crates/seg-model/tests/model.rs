@@ -84,6 +84,17 @@ fn max_pool_routes_the_whole_gradient_to_each_maximum() {
         .unwrap();
     let g: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(g, [0.0, 0.0, 0.0, 1.0]);
+    // Ties: the first maximum in reading order takes it, as in PyTorch.
+    let x =
+        Var::from_tensor(&Tensor::new(&[[[[0f32, 2.], [2., 1.]]]], &Device::Cpu).unwrap()).unwrap();
+    let g = max_pool2x2(x.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(g, [0.0, 1.0, 0.0, 0.0]);
 }
 
 #[test]
