@@ -347,81 +347,219 @@ pub fn loader(args: LoaderBench) -> anyhow::Result<()> {
 
 #[derive(clap::Args)]
 pub struct ModelBench {
-    /// Base widths to measure (the reference: 64).
-    #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
-    widths: Vec<usize>,
-    /// Slice sizes to measure.
-    #[arg(long, value_delimiter = ',', default_value = "128,256")]
-    sizes: Vec<usize>,
+    /// Configurations WIDTHxSIZE to measure (the reference network: 64x256).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "16x128,16x256,32x256,64x256"
+    )]
+    configs: Vec<String>,
     /// Timed steps per configuration (after one warm-up step); the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// A Python with torch: runs ../shared/reference/unet_step_ref.py on the same
+    /// configurations in the same run and prints the ratios.
+    #[arg(long, value_name = "PYTHON")]
+    reference: Option<PathBuf>,
     /// Measure one configuration in this process (used by the parent run, one child per
     /// configuration, so each peak memory figure is that configuration's alone).
     #[arg(long, num_args = 2, value_names = ["WIDTH", "SIZE"], hide = true)]
     one: Option<Vec<usize>>,
 }
 
-/// `cargo xtask bench model`: forward and forward + backward + Adam time per batch of 8, and
-/// peak memory, for each width and size, on CPU.
+/// Multiply-accumulates of one forward pass of the U-Net (depth 4, one input channel) on one
+/// size² slice, convolutions only: the reference harness's count.
+fn macs_per_slice(width: usize, size: usize) -> f64 {
+    let double_conv = |ci: usize, co: usize, hw: usize| ((ci * co * 9 + co * co * 9) * hw) as f64;
+    let w = width;
+    let hw = [0, 1, 2, 3].map(|level| (size >> level) * (size >> level));
+    double_conv(1, w, hw[0])
+        + double_conv(w, 2 * w, hw[1])
+        + double_conv(2 * w, 4 * w, hw[2])
+        + double_conv(4 * w, 8 * w, hw[3])
+        + double_conv(12 * w, 4 * w, hw[2])
+        + double_conv(6 * w, 2 * w, hw[1])
+        + double_conv(3 * w, w, hw[0])
+        + (w * hw[0]) as f64
+}
+
+/// `cargo xtask bench model`: training step (forward + backward + Adam) and forward time of the
+/// U-Net for batches of 8 on CPU, peak memory and GFLOP/s per configuration, beside PyTorch's
+/// when a reference Python is given, and the `gemm` crate's ceiling on this machine.
 pub fn model(args: ModelBench) -> anyhow::Result<()> {
     if let Some(one) = &args.one {
         let row = measure_model(one[0], one[1], args.steps)?;
         println!("{row}");
         return Ok(());
     }
+    let configs: Vec<(usize, usize)> = args
+        .configs
+        .iter()
+        .map(|c| {
+            let (w, s) = c
+                .split_once('x')
+                .with_context(|| format!("--configs: {c:?} is not WIDTHxSIZE"))?;
+            Ok((w.parse()?, s.parse()?))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let exe = std::env::current_exe()?;
-    let mut rows = Vec::new();
+    let ceiling = gemm_ceiling();
     println!(
-        "model benchmark: batch 8, CPU, {} threads, median of {} steps",
+        "model benchmark: batch 8, CPU, {} threads, median of {} steps; gemm ceiling {ceiling:.0} GFLOP/s",
         rayon::current_num_threads(),
         args.steps
     );
     println!(
-        "{:>6} {:>6} {:>14} {:>18} {:>14}",
-        "width", "size", "train step s", "forward s/slice", "peak RSS MB"
+        "{:>6} {:>5} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "width",
+        "size",
+        "step s",
+        "fwd s/sl",
+        "train GF",
+        "fwd GF",
+        "RSS MB",
+        "torch s",
+        "step x",
+        "fwd x"
     );
-    for &width in &args.widths {
-        for &size in &args.sizes {
-            let output = Command::new(&exe)
-                .args([
-                    "bench",
-                    "model",
-                    "--steps",
-                    &args.steps.to_string(),
-                    "--one",
-                ])
-                .args([width.to_string(), size.to_string()])
-                .output()?;
-            anyhow::ensure!(
-                output.status.success(),
-                "width {width}, size {size}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let row: serde_json::Value = serde_json::from_slice(&output.stdout)
-                .context("the measuring child printed no JSON")?;
-            println!(
-                "{:>6} {:>6} {:>14.2} {:>18.4} {:>14.0}",
-                width,
-                size,
-                row["train_step_s"].as_f64().unwrap_or(f64::NAN),
-                row["forward_s_per_slice"].as_f64().unwrap_or(f64::NAN),
-                row["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
-            );
-            rows.push(row);
+    let mut rows = Vec::new();
+    for (width, size) in configs {
+        let output = Command::new(&exe)
+            .args([
+                "bench",
+                "model",
+                "--steps",
+                &args.steps.to_string(),
+                "--one",
+            ])
+            .args([width.to_string(), size.to_string()])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "width {width}, size {size}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut row: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .context("the measuring child printed no JSON")?;
+        let reference = match &args.reference {
+            Some(python) => Some(run_torch(python, width, size, args.steps)?),
+            None => None,
+        };
+        let step = row["train_step_s"].as_f64().unwrap_or(f64::NAN);
+        let forward = row["forward_s_per_slice"].as_f64().unwrap_or(f64::NAN);
+        let (torch_step, torch_forward) = reference.as_ref().map_or((f64::NAN, f64::NAN), |r| {
+            (
+                r["step_s_median"].as_f64().unwrap_or(f64::NAN),
+                r["fwd_s_per_slice"].as_f64().unwrap_or(f64::NAN),
+            )
+        });
+        println!(
+            "{:>6} {:>5} {:>9.3} {:>11.4} {:>9.1} {:>9.1} {:>9.0} {:>9.3} {:>8.2} {:>8.2}",
+            width,
+            size,
+            step,
+            forward,
+            row["train_gflops"].as_f64().unwrap_or(f64::NAN),
+            row["forward_gflops"].as_f64().unwrap_or(f64::NAN),
+            row["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+            torch_step,
+            step / torch_step,
+            forward / torch_forward
+        );
+        if let Some(reference) = reference {
+            row["pytorch"] = reference;
         }
+        rows.push(row);
     }
     println!(
         "{}",
-        serde_json::json!({"benchmark": "model", "batch": 8, "rows": rows})
+        serde_json::json!({"benchmark": "model", "batch": 8, "gemm_ceiling_gflops": ceiling, "rows": rows})
     );
     Ok(())
 }
 
+/// PyTorch's figures for one configuration, from the reference harness.
+fn run_torch(
+    python: &Path,
+    width: usize,
+    size: usize,
+    steps: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/unet_step_ref.py");
+    anyhow::ensure!(
+        script.is_file(),
+        "{}: the reference harness is absent",
+        script.display()
+    );
+    let output = Command::new(python)
+        .arg(&script)
+        .args([
+            "--no-profile-ops",
+            "--warmup",
+            "1",
+            "--steps",
+            &steps.to_string(),
+            "--one",
+        ])
+        .args([width.to_string(), size.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the reference harness failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    serde_json::from_str(&last).context("the reference harness printed no JSON")
+}
+
+/// f32 GFLOP/s of the `gemm` crate on a 2048³ product, all threads: the practical ceiling.
+fn gemm_ceiling() -> f64 {
+    let n = 2048;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0f32; n * n];
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        // SAFETY: the three buffers are n x n, row-major.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            );
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    2.0 * (n * n * n) as f64 / best / 1e9
+}
+
 fn measure_model(width: usize, size: usize, steps: usize) -> anyhow::Result<serde_json::Value> {
     use candle_core::{Device, Module, Tensor};
-    use candle_nn::Optimizer;
     use seg_model::{Model, ModelConfig};
+    use seg_train::adam::{Adam, AdamParams};
 
     let device = Device::Cpu;
     let model = Model::new(
@@ -435,13 +573,15 @@ fn measure_model(width: usize, size: usize, steps: usize) -> anyhow::Result<serd
     let t = Tensor::randn(0f32, 1.0, (8, 1, size, size), &device)?
         .ge(1.0)?
         .to_dtype(candle_core::DType::F32)?;
-    let vars = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
-    let params = candle_nn::ParamsAdamW {
-        lr: 1e-4,
-        weight_decay: 0.0,
-        ..Default::default()
-    };
-    let mut adam = candle_nn::AdamW::new(vars, params)?;
+    let mut adam = Adam::new(
+        model.trainable_vars(),
+        AdamParams {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )?;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -450,7 +590,7 @@ fn measure_model(width: usize, size: usize, steps: usize) -> anyhow::Result<serd
     for step in 0..=steps {
         let start = Instant::now();
         let loss = seg_model::ops::bce_with_logits(&model.unet.forward_t(&x, true)?, &t)?;
-        adam.backward_step(&loss)?;
+        adam.step(&loss.backward()?, 1e-4, 0.0)?;
         if step > 0 {
             step_times.push(start.elapsed().as_secs_f64());
         }
@@ -470,12 +610,18 @@ fn measure_model(width: usize, size: usize, steps: usize) -> anyhow::Result<serd
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(f64::NAN);
+    let step = median(step_times);
+    let forward = median(forward_times);
+    let flops = 2.0 * macs_per_slice(width, size);
     Ok(serde_json::json!({
         "width": width,
         "size": size,
         "parameters": model.parameter_count(),
-        "train_step_s": median(step_times),
-        "forward_s_per_slice": median(forward_times),
+        "train_step_s": step,
+        "forward_s_per_slice": forward,
+        // A training step costs about three forward passes (forward, two gradients).
+        "train_gflops": 3.0 * flops * 8.0 / step / 1e9,
+        "forward_gflops": flops / forward / 1e9,
         "peak_rss_mb": peak_kb / 1024.0,
     }))
 }

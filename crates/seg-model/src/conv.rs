@@ -45,6 +45,61 @@ impl Real for f64 {
     }
 }
 
+/// A strided matrix: element (r, c) is at `ptr + r·rows + c·cols`.
+struct Matrix<P> {
+    ptr: P,
+    rows: isize,
+    cols: isize,
+}
+
+fn strided<P>(ptr: P, rows: usize, cols: usize) -> Matrix<P> {
+    Matrix {
+        ptr,
+        rows: rows as isize,
+        cols: cols as isize,
+    }
+}
+
+/// `dst` (m x n) = (`dst` if `accumulate`) + `lhs` (m x k) · `rhs` (k x n), `[m, n, k]` = `size`.
+///
+/// # Safety
+/// Every element the three strided matrices address must lie inside its allocation, and `dst`
+/// must not overlap `lhs` or `rhs`.
+unsafe fn product<T: Real>(
+    [m, n, k]: [usize; 3],
+    dst: Matrix<*mut T>,
+    accumulate: bool,
+    lhs: Matrix<*const T>,
+    rhs: Matrix<*const T>,
+    parallelism: Parallelism,
+) {
+    let alpha = if accumulate { T::ONE } else { T::default() };
+    // SAFETY: the caller's.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr,
+            dst.cols,
+            dst.rows,
+            accumulate,
+            lhs.ptr,
+            lhs.cols,
+            lhs.rows,
+            rhs.ptr,
+            rhs.cols,
+            rhs.rows,
+            alpha,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// Input channels from which the 9 shifted products beat one product over stacked copies.
 const STACK_BELOW: usize = 32;
 
@@ -185,50 +240,24 @@ fn forward_image<T: Real>(
     if cin < STACK_BELOW {
         stack_shifts(padded, d, stacked);
         unsafe {
-            gemm::gemm(
-                out_channels,
-                n,
-                9 * cin,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
+            product(
+                [out_channels, n, 9 * cin],
+                strided(out.as_mut_ptr(), n, 1),
                 false,
-                weight.as_ptr(),
-                1,
-                (9 * cin) as isize,
-                stacked.as_ptr(),
-                1,
-                n as isize,
-                T::default(),
-                T::ONE,
-                false,
-                false,
-                false,
+                strided(weight.as_ptr(), 9 * cin, 1),
+                strided(stacked.as_ptr(), n, 1),
                 parallelism,
             );
         }
     } else {
         for k in 0..9 {
             unsafe {
-                gemm::gemm(
-                    out_channels,
-                    n,
-                    cin,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
+                product(
+                    [out_channels, n, cin],
+                    strided(out.as_mut_ptr(), n, 1),
                     k > 0,
-                    weight.as_ptr().add(k),
-                    9,
-                    (9 * cin) as isize,
-                    padded.as_ptr().add(d.shift(k)),
-                    1,
-                    plane as isize,
-                    T::ONE,
-                    T::ONE,
-                    false,
-                    false,
-                    false,
+                    strided(weight.as_ptr().add(k), 9 * cin, 9),
+                    strided(padded.as_ptr().add(d.shift(k)), plane, 1),
                     parallelism,
                 );
             }
@@ -325,50 +354,24 @@ fn weight_grad_image<T: Real>(
     if cin < STACK_BELOW {
         stack_shifts(padded, d, stacked);
         unsafe {
-            gemm::gemm(
-                out_channels,
-                9 * cin,
-                n,
-                acc.as_mut_ptr(),
-                1,
-                (9 * cin) as isize,
+            product(
+                [out_channels, 9 * cin, n],
+                strided(acc.as_mut_ptr(), 9 * cin, 1),
                 true,
-                grad_padded.as_ptr(),
-                1,
-                n as isize,
-                stacked.as_ptr(),
-                n as isize,
-                1,
-                T::ONE,
-                T::ONE,
-                false,
-                false,
-                false,
+                strided(grad_padded.as_ptr(), n, 1),
+                strided(stacked.as_ptr(), 1, n),
                 parallelism,
             );
         }
     } else {
         for k in 0..9 {
             unsafe {
-                gemm::gemm(
-                    out_channels,
-                    cin,
-                    n,
-                    acc.as_mut_ptr().add(k),
-                    9,
-                    (9 * cin) as isize,
+                product(
+                    [out_channels, cin, n],
+                    strided(acc.as_mut_ptr().add(k), 9 * cin, 9),
                     true,
-                    grad_padded.as_ptr(),
-                    1,
-                    n as isize,
-                    padded.as_ptr().add(d.shift(k)),
-                    plane as isize,
-                    1,
-                    T::ONE,
-                    T::ONE,
-                    false,
-                    false,
-                    false,
+                    strided(grad_padded.as_ptr(), n, 1),
+                    strided(padded.as_ptr().add(d.shift(k)), 1, plane),
                     parallelism,
                 );
             }
