@@ -26,6 +26,10 @@ pub struct ModelConfig {
     pub batch_norm: bool,
     /// Seed of the initial weights (PyTorch's default initialisation scheme).
     pub init_seed: u64,
+    /// Initial probability of tumour at every pixel: the output layer's bias starts at
+    /// log(p / (1 − p)), so training does not first spend its steps pushing every pixel from 0.5
+    /// down to the rare-foreground level. None: PyTorch's default initialisation (the reference).
+    pub initial_probability: Option<f64>,
 }
 
 impl Default for ModelConfig {
@@ -37,6 +41,7 @@ impl Default for ModelConfig {
             upsampling: Upsampling::Bilinear,
             batch_norm: false,
             init_seed: 0,
+            initial_probability: None,
         }
     }
 }
@@ -59,6 +64,11 @@ impl Section for ModelConfig {
         }
         if !(2..=7).contains(&self.depth) {
             return Err(Invalid::new("depth", "must be 2..=7 levels"));
+        }
+        if let Some(p) = self.initial_probability
+            && !(p > 0.0 && p < 1.0)
+        {
+            return Err(Invalid::new("initial_probability", "must be in (0, 1)"));
         }
         Ok(())
     }

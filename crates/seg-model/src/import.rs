@@ -79,6 +79,7 @@ pub fn infer_config(
         upsampling: Upsampling::Bilinear,
         batch_norm: tensors.keys().any(|n| n.contains("running_mean")),
         init_seed: 0,
+        initial_probability: None,
     })
 }
 

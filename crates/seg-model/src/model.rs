@@ -84,6 +84,15 @@ impl Model {
                 .collect();
             var.set(&Tensor::from_vec(values, var.dims(), device)?)?;
         }
+        if let Some(p) = config.initial_probability {
+            let head = format!("layer{}.bias", 2 * config.depth);
+            let (_, bias) = vars
+                .iter()
+                .find(|(n, _)| *n == head)
+                .context("the U-Net has an output layer")?;
+            let logit = (p / (1.0 - p)).ln() as f32;
+            bias.set(&Tensor::full(logit, bias.dims(), device)?)?;
+        }
         Ok(model)
     }
 

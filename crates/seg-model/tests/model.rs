@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Optimizer;
+use ct_io::config::Section;
 use seg_model::ops::{bce_with_logits, conv3x3, max_pool2x2, upsample_bilinear2x};
 use seg_model::{Model, ModelConfig, Upsampling, parse_device};
 
@@ -292,6 +293,51 @@ fn initialisation_is_deterministic_per_seed() {
     assert_ne!(weights(1), weights(2));
     // PyTorch's bound for layer1.step.0 (fan_in 9): 1/3.
     assert!(weights(1).iter().all(|v| v.abs() <= 1.0));
+
+    // With an initial probability, the output starts there everywhere (all else as before).
+    let config = ModelConfig {
+        width: 2,
+        depth: 2,
+        initial_probability: Some(0.01),
+        ..ModelConfig::default()
+    };
+    let model = Model::new(&config, &Device::Cpu).unwrap();
+    let bias = model
+        .named_vars()
+        .into_iter()
+        .find(|(n, _)| n == "layer4.bias")
+        .unwrap()
+        .1;
+    let logit = bias.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    assert!((logit - (0.01f32 / 0.99).ln()).abs() < 1e-6);
+    let others: Vec<f32> = model
+        .named_vars()
+        .iter()
+        .filter(|(n, _)| n != "layer4.bias")
+        .flat_map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect();
+    let plain: Vec<f32> = Model::new(
+        &ModelConfig {
+            initial_probability: None,
+            ..config
+        },
+        &Device::Cpu,
+    )
+    .unwrap()
+    .named_vars()
+    .iter()
+    .filter(|(n, _)| n != "layer4.bias")
+    .flat_map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+    .collect();
+    assert_eq!(others, plain);
+    assert!(
+        ModelConfig {
+            initial_probability: Some(1.0),
+            ..ModelConfig::default()
+        }
+        .validate()
+        .is_err()
+    );
 }
 
 #[test]
@@ -307,6 +353,7 @@ fn the_variants_build_and_keep_the_output_shape() {
             upsampling,
             batch_norm,
             init_seed: 0,
+            initial_probability: None,
         };
         let model = Model::new(&config, &Device::Cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 3, 16, 16), &Device::Cpu).unwrap();
