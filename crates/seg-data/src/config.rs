@@ -30,6 +30,11 @@ pub struct DataConfig {
     pub tumour_fraction: f64,
     /// Training samples per epoch, drawn with replacement; 0 = the number of training slices.
     pub samples_per_epoch: usize,
+    /// Train on square patches of this many pixels cut from the (augmented) slices, a tumour
+    /// slice's patch always holding some of its tumour (nnU-Net's foreground oversampling); the
+    /// network, fully convolutional, still validates and predicts on whole slices. 0 = whole
+    /// slices (the reference).
+    pub patch_size: usize,
     /// Threads preparing batches; 0 = one per core.
     pub workers: usize,
     /// Batches prepared ahead of the trainer.
@@ -52,6 +57,7 @@ impl Default for DataConfig {
             intensity_jitter: 0.0,
             tumour_fraction: 0.5,
             samples_per_epoch: 0,
+            patch_size: 0,
             workers: 0,
             prefetch: 4,
             seed: 42,
@@ -98,6 +104,12 @@ impl Section for DataConfig {
         }
         if !(0.0..1.0).contains(&self.tumour_fraction) {
             return Err(Invalid::new("tumour_fraction", "must be in [0, 1)"));
+        }
+        if self.patch_size != 0 && !(8..=2048).contains(&self.patch_size) {
+            return Err(Invalid::new(
+                "patch_size",
+                "must be 0 (whole slices) or 8..=2048 pixels",
+            ));
         }
         if self.prefetch == 0 {
             return Err(Invalid::new("prefetch", "must be at least 1"));

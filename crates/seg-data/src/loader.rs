@@ -6,7 +6,8 @@ use std::thread::JoinHandle;
 
 use anyhow::Context;
 use candle_core::{Device, Tensor};
-use rand::SeedableRng;
+use ndarray::s;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -25,7 +26,8 @@ pub struct Batch {
     pub indices: Vec<usize>,
 }
 
-/// One planned sample: a dataset index and the seed of its augmentation (None: as stored).
+/// One planned sample: a dataset index and, for a training sample, the seed of its random
+/// augmentation and patch (None: as stored).
 type Planned = (usize, Option<u64>);
 
 /// Produces batches on a background thread, `prefetch` ahead, each assembled by a pool of
@@ -76,11 +78,10 @@ impl Loader {
         WeightedSampler::for_tumour_fraction(&has_tumour, self.config.tumour_fraction, samples)
     }
 
-    /// The training batches of `epoch`: sampled slices, augmented when `[data] augment` is on.
-    /// Full batches only (a last partial batch is dropped).
+    /// The training batches of `epoch`: sampled slices, augmented when `[data] augment` is on and
+    /// cut to patches when `patch_size` is set. Full batches only (a last partial batch is dropped).
     pub fn train_epoch(&self, sampler: &WeightedSampler, epoch: u64, batch_size: usize) -> Batches {
         let seed = self.config.seed;
-        let augment = self.config.augment;
         let draws = sampler.epoch(seed, epoch);
         let plan: Vec<Vec<Planned>> = draws
             .chunks_exact(batch_size)
@@ -91,7 +92,7 @@ impl Loader {
                     .enumerate()
                     .map(|(i, &index)| {
                         let position = (b * batch_size + i) as u64;
-                        (index, augment.then(|| mix(seed, epoch, position)))
+                        (index, Some(mix(seed, epoch, position)))
                     })
                     .collect()
             })
@@ -145,7 +146,8 @@ fn make_batch(
         .par_iter()
         .map(|&(index, seed)| prepare(dataset, config, index, seed))
         .collect::<anyhow::Result<_>>()?;
-    let (b, c, s) = (samples.len(), dataset.channels(), dataset.size());
+    let (b, c) = (samples.len(), dataset.channels());
+    let s = samples.first().map_or(dataset.size(), |x| x.mask.dim().0);
     let mut images: Vec<f32> = Vec::with_capacity(b * c * s * s);
     let mut masks = Vec::with_capacity(b * s * s);
     for sample in &samples {
@@ -159,21 +161,62 @@ fn make_batch(
     })
 }
 
-/// One sample as the trainer sees it: augmented with the transform drawn from `seed`.
+/// One sample as the trainer sees it: with a `seed`, augmented (when `[data] augment` is on) by
+/// the transform drawn from it, then cut to a patch (when `patch_size` is set).
 pub fn prepare(
     dataset: &SliceDataset,
     config: &DataConfig,
     index: usize,
     seed: Option<u64>,
 ) -> anyhow::Result<Sample> {
-    let sample = dataset.load(index)?;
-    Ok(match seed {
-        None => sample,
-        Some(seed) => {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            Transform::sample(config, dataset.size(), &mut rng).apply(&sample, dataset.air())
+    let mut sample = dataset.load(index)?;
+    if let Some(seed) = seed {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        if config.augment {
+            sample =
+                Transform::sample(config, dataset.size(), &mut rng).apply(&sample, dataset.air());
         }
-    })
+        if config.patch_size > 0 {
+            sample = patch(&sample, config.patch_size, &mut rng);
+        }
+    }
+    Ok(sample)
+}
+
+/// A `size` x `size` window of `sample`: around a random tumour pixel (at a random place in the
+/// window) when the sample has tumour, anywhere otherwise.
+fn patch(sample: &Sample, size: usize, rng: &mut impl Rng) -> Sample {
+    let (h, w) = sample.mask.dim();
+    let size = size.min(h).min(w);
+    let tumour: Vec<(usize, usize)> = sample
+        .mask
+        .indexed_iter()
+        .filter(|(_, m)| **m != 0)
+        .map(|(at, _)| at)
+        .collect();
+    let (top, left) = match tumour.len() {
+        0 => (
+            rng.random_range(0..=h - size),
+            rng.random_range(0..=w - size),
+        ),
+        n => {
+            let (r, c) = tumour[rng.random_range(0..n)];
+            (
+                r.saturating_sub(rng.random_range(0..size)).min(h - size),
+                c.saturating_sub(rng.random_range(0..size)).min(w - size),
+            )
+        }
+    };
+    Sample {
+        image: sample
+            .image
+            .slice(s![.., top..top + size, left..left + size])
+            .to_owned(),
+        mask: sample
+            .mask
+            .slice(s![top..top + size, left..left + size])
+            .to_owned(),
+    }
 }
 
 /// The batches of one pass, in plan order. Dropping it stops the background work.

@@ -210,6 +210,60 @@ fn batches_are_the_same_whatever_the_number_of_workers() {
 }
 
 #[test]
+fn patches_are_cut_from_the_slice_and_hold_tumour_when_it_has_some() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dataset_dir(dir.path());
+    let dataset = SliceDataset::open(&root, Split::Train, 0).unwrap();
+    let config = DataConfig {
+        augment: false,
+        patch_size: 16,
+        ..DataConfig::default()
+    };
+    let mut checked_tumour = 0;
+    for index in 0..dataset.len() {
+        let whole = dataset.load(index).unwrap();
+        let seed = 1000 + index as u64;
+        let part = seg_data::loader::prepare(&dataset, &config, index, Some(seed)).unwrap();
+        assert_eq!(part.image.dim(), (1, 16, 16));
+        assert_eq!(
+            part,
+            seg_data::loader::prepare(&dataset, &config, index, Some(seed)).unwrap()
+        );
+        // The patch is a window of the slice: find where it sits.
+        let found = (0..=16)
+            .flat_map(|r| (0..=16).map(move |c| (r, c)))
+            .any(|(r, c)| {
+                whole.image.slice(s![.., r..r + 16, c..c + 16]) == part.image
+                    && whole.mask.slice(s![r..r + 16, c..c + 16]) == part.mask
+            });
+        assert!(
+            found,
+            "slice {index}: the patch is not a window of the slice"
+        );
+        if whole.mask.iter().any(|m| *m != 0) {
+            assert!(
+                part.mask.iter().any(|m| *m != 0),
+                "slice {index}: the patch misses the tumour"
+            );
+            checked_tumour += 1;
+        }
+    }
+    assert!(checked_tumour > 0);
+    // Batches of patches; validation stays whole.
+    let dataset = Arc::new(dataset);
+    let loader = Loader::new(Arc::clone(&dataset), &config, Device::Cpu).unwrap();
+    let batch = loader
+        .train_epoch(&loader.sampler().unwrap(), 0, 4)
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.images.dims(), [4, 1, 16, 16]);
+    assert_eq!(batch.masks.dims(), [4, 1, 16, 16]);
+    let batch = loader.in_order(4).next().unwrap().unwrap();
+    assert_eq!(batch.images.dims(), [4, 1, 32, 32]);
+}
+
+#[test]
 fn validation_batches_cover_every_slice_unaugmented_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let root = dataset_dir(dir.path());

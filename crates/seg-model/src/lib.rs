@@ -9,6 +9,7 @@ pub mod conv;
 pub mod device;
 pub mod import;
 pub mod model;
+pub mod norm;
 pub mod ops;
 pub mod resample;
 pub mod unet;

@@ -82,7 +82,7 @@ fn by_dtype(
 }
 
 /// A tensor of `shape` from `f32_op` or `f64_op` applied to the CPU values of `inputs`.
-fn from_values(
+pub(crate) fn from_values(
     inputs: &[&Tensor],
     shape: &Shape,
     f32_op: impl FnOnce(&[&[f32]]) -> Vec<f32>,
@@ -196,7 +196,7 @@ pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -
 }
 
 /// `t` itself when its storage is already contiguous from offset 0, else a contiguous copy.
-fn plain(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn plain(t: &Tensor) -> Result<Tensor> {
     if t.is_contiguous() && t.layout().start_offset() == 0 {
         Ok(t.clone())
     } else {
@@ -209,7 +209,7 @@ struct Conv3x3 {
 }
 
 /// The values of a CPU storage under a contiguous layout.
-fn values<'a, T: candle_core::WithDType>(
+pub(crate) fn values<'a, T: candle_core::WithDType>(
     storage: &'a CpuStorage,
     layout: &Layout,
 ) -> Result<&'a [T]> {

@@ -1,12 +1,11 @@
 //! The U-Net. At the default `[model]` it is the reference network, parameter for parameter and
 //! name for name (`layer1.step.0.weight` … `layer8.bias`), so PyTorch weights load unchanged.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{
-    BatchNorm, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder,
-};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
 
 use crate::config::{ModelConfig, Upsampling};
+use crate::norm::BatchNorm;
 use crate::ops::{conv3x3, max_pool2x2, upsample_bilinear2x};
 
 /// conv3x3 → (batch norm) → ReLU, twice. The convolutions are `step.0` and `step.2` as in the
@@ -31,7 +30,7 @@ impl DoubleConv {
         };
         let norm = |name: &str| -> Result<Option<BatchNorm>> {
             batch_norm
-                .then(|| candle_nn::batch_norm(out_channels, 1e-5, vb.pp(name)))
+                .then(|| BatchNorm::new(out_channels, vb.pp(name)))
                 .transpose()
         };
         Ok(DoubleConv {
@@ -45,11 +44,11 @@ impl DoubleConv {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = match &self.norm1 {
             None => conv_relu(&self.conv1, x)?,
-            Some(norm) => norm.forward_t(&conv(&self.conv1, x)?, train)?.relu()?,
+            Some(norm) => norm.forward_t(&conv(&self.conv1, x)?, train, true)?,
         };
         match &self.norm2 {
             None => conv_relu(&self.conv2, &h),
-            Some(norm) => norm.forward_t(&conv(&self.conv2, &h)?, train)?.relu(),
+            Some(norm) => norm.forward_t(&conv(&self.conv2, &h)?, train, true),
         }
     }
 }

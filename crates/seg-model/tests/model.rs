@@ -507,3 +507,75 @@ fn conv3x3_equals_candles_conv_with_exact_gradients_for_input_kernel_and_bias() 
     let expected = part.contiguous().unwrap().conv2d(&w, 1, 1, 1, 1).unwrap();
     assert!(max_abs_diff(&conv3x3(&part, &w, None, false).unwrap(), &expected) < 1e-4);
 }
+
+#[test]
+fn batch_norm_matches_candles_and_has_exact_gradients() {
+    use candle_nn::{ModuleT, VarBuilder, VarMap};
+    use seg_model::norm::BatchNorm;
+    let device = Device::Cpu;
+    let x = Tensor::randn(0f64, 2.0, (3, 4, 5, 6), &device)
+        .unwrap()
+        .affine(1.0, 0.5)
+        .unwrap();
+    let ours_map = VarMap::new();
+    let ours = BatchNorm::new(4, VarBuilder::from_varmap(&ours_map, DType::F64, &device)).unwrap();
+    let theirs_map = VarMap::new();
+    let theirs = candle_nn::batch_norm(
+        4,
+        1e-5,
+        VarBuilder::from_varmap(&theirs_map, DType::F64, &device),
+    )
+    .unwrap();
+    // Two training passes (running statistics move), then evaluation.
+    for _ in 0..2 {
+        let a = ours.forward_t(&x, true, false).unwrap();
+        let b = theirs.forward_t(&x, true).unwrap();
+        assert!(max_abs_diff(&a, &b) < 1e-9);
+    }
+    let stat = |map: &VarMap, name: &str| map.data().lock().unwrap()[name].as_tensor().clone();
+    for name in ["running_mean", "running_var"] {
+        assert!(
+            max_abs_diff(&stat(&ours_map, name), &stat(&theirs_map, name)) < 1e-9,
+            "{name}"
+        );
+    }
+    let a = ours.forward_t(&x, false, true).unwrap();
+    let b = theirs.forward_t(&x, false).unwrap().relu().unwrap();
+    assert!(max_abs_diff(&a, &b) < 1e-9);
+    // Gradients through the batch statistics, with and without the fused ReLU.
+    for relu in [false, true] {
+        check_gradient(|t| ours.forward_t(t, true, relu), x.clone());
+        check_gradient(|t| ours.forward_t(t, false, relu), x.clone());
+    }
+    // γ and β: analytic gradients of Σ y² against central differences.
+    let loss = |ours: &BatchNorm| -> Tensor {
+        ours.forward_t(&x, true, true)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let grads = loss(&ours).backward().unwrap();
+    for name in ["weight", "bias"] {
+        let var = ours_map.data().lock().unwrap()[name].clone();
+        let analytic: Vec<f64> = grads.get(&var).unwrap().to_vec1().unwrap();
+        let base: Vec<f64> = var.to_vec1().unwrap();
+        for c in 0..4 {
+            let at = |delta: f64| {
+                let mut v = base.clone();
+                v[c] += delta;
+                var.set(&Tensor::new(v, &device).unwrap()).unwrap();
+                loss(&ours).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (at(1e-6) - at(-1e-6)) / 2e-6;
+            var.set(&Tensor::new(base.clone(), &device).unwrap())
+                .unwrap();
+            assert!(
+                (analytic[c] - numeric).abs() < 1e-4 * (1.0 + numeric.abs()),
+                "{name}[{c}]: {} vs {numeric}",
+                analytic[c]
+            );
+        }
+    }
+}

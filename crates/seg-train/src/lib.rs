@@ -181,6 +181,18 @@ pub fn train(config: &Config, options: &TrainOptions) -> anyhow::Result<Summary>
             )
             .into());
     }
+    let patch = settings.data.patch_size;
+    if patch != 0 && (patch % multiple != 0 || patch > manifest.settings.size) {
+        return Err(config
+            .error(
+                "data.patch_size",
+                format!(
+                    "must be a multiple of 2^(depth-1) = {multiple} and at most the slice size {}",
+                    manifest.settings.size
+                ),
+            )
+            .into());
+    }
     run(&settings, &manifest, &preprocessed, &device, options)
 }
 
