@@ -188,16 +188,25 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
             StageName::Evaluate => eval_stage.evaluation().join(SUMMARY_FILE).is_file(),
             StageName::Report => eval_stage.report().join(REPORT_FILE).is_file(),
         };
-        // A task folder that is there is the data: synth never overwrites one.
+        // A task folder that is there is the data: synth only rewrites its own phantoms, and only
+        // when [synth] changed.
         let up_to_date = if stage == StageName::Synth {
-            outputs_exist
+            match synthesised_with(&paths.data_dir) {
+                Some(recorded) => recorded == serde_json::to_value(&synth)?,
+                None => outputs_exist,
+            }
         } else {
             outputs_exist && !ran_any && record.finished.get(stage.name()) == Some(&fingerprint)
         };
         if up_to_date && !forced(stage) {
             if stage == StageName::Synth {
+                let what = if synthesised_with(&paths.data_dir).is_some() {
+                    "phantoms of the same [synth]"
+                } else {
+                    "a task folder"
+                };
                 println!(
-                    "== synth: skipped ({} holds a task folder)",
+                    "== synth: skipped ({} holds {what})",
                     paths.data_dir.display()
                 );
             } else {
@@ -225,6 +234,13 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
         ct_io::atomic::write_json(&record_path, &record)?;
         match stage {
             StageName::Synth => {
+                if outputs_exist && synthesised_with(&paths.data_dir).is_none() {
+                    bail!(
+                        "{} holds a task folder that synth did not write (real data?): not \
+                         overwriting it",
+                        paths.data_dir.display()
+                    );
+                }
                 crate::write_synth(&synth, &paths.data_dir)?;
             }
             StageName::Preprocess => run(&binaries.preprocess, &stage_args(&[]), stage)?,
@@ -349,6 +365,14 @@ fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
+}
+
+/// The `[synth]` a phantom task folder was written with (recorded in its dataset.json); None
+/// for a folder that is not ours (real data, which the pipeline never overwrites).
+fn synthesised_with(data_dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(data_dir.join("dataset.json")).ok()?;
+    let dataset: serde_json::Value = serde_json::from_str(&text).ok()?;
+    dataset.get("synth").cloned()
 }
 
 fn json<T: Serialize>(value: &T) -> String {

@@ -178,10 +178,9 @@ fn a_folder_of_cts_gives_one_mask_per_ct_with_the_same_names() {
 }
 
 #[test]
-fn real_lung1_gets_a_mask_of_its_own_shape() {
-    let real =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/real/lung1_image.nii.gz");
-    if !real.is_file() {
+fn every_real_ct_gets_a_mask_of_its_own_shape_and_geometry() {
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/real");
+    if !real.join("lung1_image.nii.gz").is_file() {
         eprintln!("skipped: {} is absent", real.display());
         return;
     }
@@ -192,15 +191,26 @@ fn real_lung1_gets_a_mask_of_its_own_shape() {
         options(0.5),
     )
     .unwrap();
-    let out = dir.path().join("lung1_mask.nii.gz");
-    let jobs = plan(&real, &out, false).unwrap();
-    assert_eq!(jobs[0].output, out);
-    let report = run_job(&predictor, &jobs[0]).unwrap();
-    assert_eq!(report.shape, [512, 512, 48]);
-    let mask = read_volume(&out).unwrap();
-    let ct = read_volume(&real).unwrap();
-    assert_eq!(mask.geometry, ct.geometry);
-    assert!(mask.data.iter().all(|v| *v == 0.0 || *v == 1.0));
+    let cts: Vec<PathBuf> = ct_io::task::nifti_files(&real)
+        .unwrap()
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("label"))
+        .collect();
+    assert!(cts.len() >= 2, "{cts:?}");
+    for ct_path in cts {
+        let out = dir.path().join("mask.nii.gz");
+        let jobs = plan(&ct_path, &out, false).unwrap();
+        assert_eq!(jobs[0].output, out);
+        let report = run_job(&predictor, &jobs[0]).unwrap();
+        let mask = read_volume(&out).unwrap();
+        let ct = read_volume(&ct_path).unwrap();
+        assert_eq!(report.shape, ct.geometry.shape);
+        assert_eq!(mask.geometry, ct.geometry, "{}", ct_path.display());
+        assert!(mask.data.iter().all(|v| *v == 0.0 || *v == 1.0));
+        if ct_path.ends_with("lung1_image.nii.gz") {
+            assert_eq!(report.shape, [512, 512, 48]);
+        }
+    }
 }
 
 #[test]
