@@ -658,15 +658,15 @@ pub fn infer(args: InferBench) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let synth = SynthConfig {
-        cases: 0,
-        test_cases: 1,
+        cases: 1,
+        test_cases: 0,
         size: args.size,
         slices: args.slices,
         ..SynthConfig::default()
     };
     let task = dir.join("Task06_Lung");
     write_task(&task, &synth)?;
-    let input = ct_io::task::nifti_files(&task.join("imagesTs"))?
+    let input = ct_io::task::nifti_files(&task.join("imagesTr"))?
         .into_iter()
         .next()
         .context("no phantom written")?;
