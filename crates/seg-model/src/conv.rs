@@ -295,34 +295,40 @@ pub fn weight_grad<T: Real>(x: &[T], d: Dims, grad: &[T], out_channels: usize) -
     assert_eq!(grad.len(), d.batch * out_image);
     let size = out_channels * d.channels * 9;
     let (per_image, inner) = parallelism(d.batch);
-    let run = |acc: &mut Vec<T>, (x, g): (&[T], &[T])| {
-        with_scratch(|[padded, stacked, out]: &mut Buffers<T>| {
-            weight_grad_image(x, g, &d, out_channels, acc, padded, stacked, out, inner)
-        })
-    };
-    let pairs = x.chunks_exact(d.image()).zip(grad.chunks_exact(out_image));
-    if per_image {
-        pairs
-            .par_bridge()
-            .fold(
-                || vec![T::default(); size],
-                |mut acc, pair| {
-                    run(&mut acc, pair);
-                    acc
-                },
-            )
-            .reduce(
-                || vec![T::default(); size],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
-                    a
-                },
-            )
-    } else {
+    // One partial gradient per image, summed in image order: the result does not depend on how
+    // many threads there are or which ran what (resumed training must be bit-exact).
+    let partial = |(x, g): (&[T], &[T])| {
         let mut acc = vec![T::default(); size];
-        pairs.for_each(|pair| run(&mut acc, pair));
+        with_scratch(|[padded, stacked, out]: &mut Buffers<T>| {
+            weight_grad_image(
+                x,
+                g,
+                &d,
+                out_channels,
+                &mut acc,
+                padded,
+                stacked,
+                out,
+                inner,
+            )
+        });
         acc
+    };
+    let pairs: Vec<(&[T], &[T])> = x
+        .chunks_exact(d.image())
+        .zip(grad.chunks_exact(out_image))
+        .collect();
+    let partials: Vec<Vec<T>> = if per_image {
+        pairs.into_par_iter().map(partial).collect()
+    } else {
+        pairs.into_iter().map(partial).collect()
+    };
+    let mut partials = partials.into_iter();
+    let mut total = partials.next().unwrap_or_else(|| vec![T::default(); size]);
+    for part in partials {
+        total.iter_mut().zip(&part).for_each(|(a, b)| *a += *b);
     }
+    total
 }
 
 #[allow(clippy::too_many_arguments)]
