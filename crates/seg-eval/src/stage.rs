@@ -106,7 +106,7 @@ pub fn predict(stage: &Stage, device: Option<&str>) -> anyhow::Result<Vec<Folder
     let validation = stage.validation_ids()?;
     let checkpoint = stage.checkpoint();
     let device = parse_device(device.unwrap_or(&stage.eval.device))?;
-    let weights = seg_model_weights(&checkpoint)?;
+    let weights = checkpoint_weights(&checkpoint)?;
     let stamp = PredictionStamp {
         weights: FileStamp::of(&weights)?,
         threshold: stage.eval.threshold,
@@ -189,7 +189,7 @@ pub fn predict(stage: &Stage, device: Option<&str>) -> anyhow::Result<Vec<Folder
     Ok(out)
 }
 
-fn seg_model_weights(checkpoint: &Path) -> anyhow::Result<PathBuf> {
+fn checkpoint_weights(checkpoint: &Path) -> anyhow::Result<PathBuf> {
     let weights = checkpoint.join(WEIGHTS_FILE);
     ensure!(
         weights.is_file(),

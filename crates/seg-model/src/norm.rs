@@ -9,7 +9,7 @@ use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
 use crate::conv::Real;
-use crate::ops::{from_values, plain};
+use crate::ops::{outputs, plain, values};
 
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
@@ -159,15 +159,15 @@ impl CustomOp3 for Normalise {
         let dims = dims_of(l1.shape())?;
         let storage = match s1 {
             CpuStorage::F32(_) => CpuStorage::F32(self.forward::<f32>(
-                typed(s1, l1)?,
-                typed(s2, l2)?,
-                typed(s3, l3)?,
+                values(s1, l1)?,
+                values(s2, l2)?,
+                values(s3, l3)?,
                 dims,
             )),
             CpuStorage::F64(_) => CpuStorage::F64(self.forward::<f64>(
-                typed(s1, l1)?,
-                typed(s2, l2)?,
-                typed(s3, l3)?,
+                values(s1, l1)?,
+                values(s2, l2)?,
+                values(s3, l3)?,
                 dims,
             )),
             _ => candle_core::bail!("batch norm: f32 or f64 tensors only"),
@@ -184,34 +184,28 @@ impl CustomOp3 for Normalise {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dims = dims_of(x.shape())?;
-        let parts = std::cell::RefCell::new(None);
-        let gx = from_values(
+        let channels = Shape::from(dims.1);
+        let shapes = [x.shape().clone(), channels.clone(), channels];
+        let mut grads = outputs(
             &[x, y, grad, gamma],
-            x.shape(),
+            &shapes,
             |v| {
                 let (gx, gg, gb) = self.backward(v[0], v[1], v[2], v[3], dims);
-                *parts.borrow_mut() = Some((
-                    gg.into_iter().map(f64::from).collect::<Vec<_>>(),
-                    gb.into_iter().map(f64::from).collect::<Vec<_>>(),
-                ));
-                gx
+                vec![gx, gg, gb]
             },
             |v| {
                 let (gx, gg, gb) = self.backward(v[0], v[1], v[2], v[3], dims);
-                *parts.borrow_mut() = Some((gg, gb));
-                gx
+                vec![gx, gg, gb]
             },
-        )?;
-        let (gg, gb) = parts.into_inner().expect("set by the kernel");
-        let dtype = x.dtype();
-        let ggamma = Tensor::new(gg, x.device())?.to_dtype(dtype)?;
-        let gbeta = Tensor::new(gb, x.device())?.to_dtype(dtype)?;
+        )?
+        .into_iter();
+        let (gx, ggamma, gbeta) = (
+            grads.next().expect("three outputs"),
+            grads.next().expect("three outputs"),
+            grads.next().expect("three outputs"),
+        );
         Ok((Some(gx), Some(ggamma), Some(gbeta)))
     }
-}
-
-fn typed<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    crate::ops::values(s, l)
 }
 
 /// PyTorch's `BatchNorm2d` (affine, momentum 0.1, eps 1e-5), optionally followed by ReLU.
@@ -334,8 +328,8 @@ fn from_cpu_stats(
         candle_core::bail!("batch norm: expected a CPU tensor");
     };
     Ok(match cpu {
-        CpuStorage::F32(_) => channel_stats(typed::<f32>(cpu, layout)?, batch, channels, plane),
-        CpuStorage::F64(_) => channel_stats(typed::<f64>(cpu, layout)?, batch, channels, plane),
+        CpuStorage::F32(_) => channel_stats(values::<f32>(cpu, layout)?, batch, channels, plane),
+        CpuStorage::F64(_) => channel_stats(values::<f64>(cpu, layout)?, batch, channels, plane),
         _ => candle_core::bail!("batch norm: f32 or f64 tensors only"),
     })
 }

@@ -88,6 +88,23 @@ pub(crate) fn from_values(
     f32_op: impl FnOnce(&[&[f32]]) -> Vec<f32>,
     f64_op: impl FnOnce(&[&[f64]]) -> Vec<f64>,
 ) -> Result<Tensor> {
+    let mut out = outputs(
+        inputs,
+        std::slice::from_ref(shape),
+        |v| vec![f32_op(v)],
+        |v| vec![f64_op(v)],
+    )?;
+    Ok(out.remove(0))
+}
+
+/// Tensors of `shapes`, one per vector `f32_op` or `f64_op` returns from the CPU values of
+/// `inputs` (a kernel that computes several results in one pass).
+pub(crate) fn outputs(
+    inputs: &[&Tensor],
+    shapes: &[Shape],
+    f32_op: impl FnOnce(&[&[f32]]) -> Vec<Vec<f32>>,
+    f64_op: impl FnOnce(&[&[f64]]) -> Vec<Vec<f64>>,
+) -> Result<Vec<Tensor>> {
     let inputs: Vec<Tensor> = inputs.iter().map(|t| plain(t)).collect::<Result<_>>()?;
     let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
     let cpu = guards
@@ -98,21 +115,25 @@ pub(crate) fn from_values(
         })
         .collect::<Result<Vec<_>>>()?;
     let device = inputs[0].device();
+    fn tensors<T: candle_core::WithDType>(
+        cpu: &[(&CpuStorage, &Layout)],
+        shapes: &[Shape],
+        device: &candle_core::Device,
+        op: impl FnOnce(&[&[T]]) -> Vec<Vec<T>>,
+    ) -> Result<Vec<Tensor>> {
+        let all: Vec<&[T]> = cpu
+            .iter()
+            .map(|(s, l)| values(s, l))
+            .collect::<Result<_>>()?;
+        op(&all)
+            .into_iter()
+            .zip(shapes)
+            .map(|(v, shape)| Tensor::from_vec(v, shape, device))
+            .collect()
+    }
     match cpu[0].0 {
-        CpuStorage::F32(_) => {
-            let all: Vec<&[f32]> = cpu
-                .iter()
-                .map(|(s, l)| values(s, l))
-                .collect::<Result<_>>()?;
-            Tensor::from_vec(f32_op(&all), shape, device)
-        }
-        CpuStorage::F64(_) => {
-            let all: Vec<&[f64]> = cpu
-                .iter()
-                .map(|(s, l)| values(s, l))
-                .collect::<Result<_>>()?;
-            Tensor::from_vec(f64_op(&all), shape, device)
-        }
+        CpuStorage::F32(_) => tensors(&cpu, shapes, device, f32_op),
+        CpuStorage::F64(_) => tensors(&cpu, shapes, device, f64_op),
         _ => candle_core::bail!("f32 or f64 tensors only"),
     }
 }
@@ -290,27 +311,22 @@ impl Conv3x3 {
             ..dims
         };
         // The output gradient through the ReLU, with the bias gradient in the same pass.
-        let bias_grad = std::cell::RefCell::new(None);
         let relu = self.relu;
-        let grad = from_values(
+        let shapes = [grad.shape().clone(), Shape::from(out_channels)];
+        let mut through = outputs(
             &[grad, y],
-            grad.shape(),
+            &shapes,
             |v| {
                 let (pre, bias) = conv::output_grad(v[0], v[1], out_dims, relu);
-                *bias_grad.borrow_mut() = Some(CpuStorage::F32(bias));
-                pre
+                vec![pre, bias]
             },
             |v| {
                 let (pre, bias) = conv::output_grad(v[0], v[1], out_dims, relu);
-                *bias_grad.borrow_mut() = Some(CpuStorage::F64(bias));
-                pre
+                vec![pre, bias]
             },
         )?;
-        let bias_grad = match bias_grad.into_inner().expect("set by the kernel") {
-            CpuStorage::F32(v) => Tensor::from_vec(v, out_channels, x.device())?,
-            CpuStorage::F64(v) => Tensor::from_vec(v, out_channels, x.device())?,
-            _ => unreachable!("only f32 and f64 reach the kernel"),
-        };
+        let bias_grad = through.pop().expect("two outputs");
+        let grad = through.pop().expect("two outputs");
         let flipped = from_values(
             &[weight],
             &Shape::from((channels, out_channels, 3, 3)),
