@@ -25,13 +25,27 @@ pub struct PreprocessBench {
     cases: usize,
     #[arg(long, default_value_t = 300)]
     slices: usize,
+    /// Timed runs of each method; the table shows the median.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
     /// A Python with nibabel and opencv-python-headless: also run the reference preprocessing
     /// (shared/reference/preprocess_ref.py) on the same files.
     #[arg(long, value_name = "PYTHON")]
     reference: Option<PathBuf>,
-    /// Where the benchmark volumes and outputs go (reused between runs).
+    /// Where the benchmark volumes go (reused between runs).
     #[arg(long, default_value = "target/bench")]
     dir: PathBuf,
+    /// Time an existing MSD task folder's labelled cases instead (e.g. the reference's own
+    /// volumes from shared/reference/make_volume.py); `--cases`/`--slices` then do not apply.
+    #[arg(long, value_name = "DIR")]
+    task: Option<PathBuf>,
+    /// Where the timed runs write their slices (a new folder inside it, removed at the end). By
+    /// default /dev/shm where it exists, else the system's temporary directory: the figures are
+    /// then lungseg's, not the disk file system's. (This kind of machine's root ext4 has no
+    /// journal; there, creating files within minutes of deleting many makes the kernel scan for
+    /// recently freed inodes and can double the time. Pass a folder on disk to measure that.)
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +70,7 @@ impl Row {
 }
 
 pub fn preprocess(args: PreprocessBench) -> anyhow::Result<()> {
+    anyhow::ensure!(args.repeats > 0, "--repeats must be at least 1");
     let synth = SynthConfig {
         cases: args.cases,
         test_cases: 0,
@@ -64,11 +79,13 @@ pub fn preprocess(args: PreprocessBench) -> anyhow::Result<()> {
         seed: 2024,
         orientation: "LAS".into(),
     };
-    let task_dir = args.dir.join(format!(
-        "Task06_Lung_{}x512x512x{}",
-        args.cases, args.slices
-    ));
-    if !task_dir.join("dataset.json").is_file() {
+    let task_dir = args.task.clone().unwrap_or_else(|| {
+        args.dir.join(format!(
+            "Task06_Lung_{}x512x512x{}",
+            args.cases, args.slices
+        ))
+    });
+    if args.task.is_none() && !task_dir.join("dataset.json").is_file() {
         eprintln!(
             "writing {} benchmark volumes to {}",
             args.cases,
@@ -77,6 +94,7 @@ pub fn preprocess(args: PreprocessBench) -> anyhow::Result<()> {
         write_task(&task_dir, &synth)?;
     }
     let task = read_task(&task_dir)?;
+    let cases = task.training.len();
     let inputs: Vec<PathBuf> = task
         .training
         .iter()
@@ -93,96 +111,152 @@ pub fn preprocess(args: PreprocessBench) -> anyhow::Result<()> {
     };
     let ids: Vec<String> = task.training.iter().map(|c| c.id.clone()).collect();
     let split = SplitRecord::new(&ids, &settings).map_err(anyhow::Error::msg)?;
-    let out = args.dir.join("preprocessed");
-    let _ = std::fs::remove_dir_all(&out);
-    let summary = ct_preprocess::preprocess(&task.training, &task_dir, &split, &settings, &out)?;
-    let slices = summary.slices;
-    let ours = Row::new(
-        "lungseg ct-preprocess",
-        summary.seconds,
-        args.cases,
-        slices,
-        input_bytes,
-    );
-
-    let gunzip_parallel = time(|| inputs.par_iter().try_for_each(|p| gunzip(p)))?;
-    let gunzip_serial = time(|| inputs.iter().try_for_each(|p| gunzip(p)))?;
+    // Every run writes into a fresh folder, as a first run does.
+    let parent = match &args.out_dir {
+        Some(dir) => dir.clone(),
+        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("{}", parent.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("lungseg-bench-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("cannot create a folder in {}", parent.display()))?;
+    let outputs = scratch.path().to_path_buf();
+    let mut slices = 0;
+    let mut ours = Vec::new();
+    for run in 0..args.repeats {
+        // Each run starts as the first did, with no earlier run's writes still pending.
+        sync_file_system();
+        let out = outputs.join(format!("run{run}"));
+        let summary =
+            ct_preprocess::preprocess(&task.training, &task_dir, &split, &settings, &out)?;
+        slices = summary.slices;
+        ours.push(summary.seconds);
+    }
+    let inflate = repeat(args.repeats, || {
+        inputs
+            .par_iter()
+            .try_for_each(|p| ct_io::read_bytes(p, &ct_io::ReadOptions::default()).map(drop))?;
+        Ok(())
+    })?;
+    let stream = repeat(args.repeats, || {
+        inputs.par_iter().try_for_each(|p| gunzip_streaming(p))?;
+        Ok(())
+    })?;
     let mut rows = vec![
-        ours,
         Row::new(
-            "gunzip only, files in parallel",
-            gunzip_parallel,
-            args.cases,
+            "lungseg ct-preprocess",
+            median(ours),
+            cases,
             slices,
             input_bytes,
         ),
         Row::new(
-            "gunzip only, one file at a time",
-            gunzip_serial,
-            args.cases,
+            "gunzip only, as ct-io reads (libdeflate)",
+            inflate,
+            cases,
+            slices,
+            input_bytes,
+        ),
+        Row::new(
+            "gunzip only, streaming zlib-rs",
+            stream,
+            cases,
             slices,
             input_bytes,
         ),
     ];
     if let Some(python) = &args.reference {
+        // One run (it takes ~10 s), writing where ours did.
+        sync_file_system();
         rows.push(run_reference(
             python,
             &task_dir,
-            &args.dir,
-            args.cases,
+            &outputs.join("reference"),
+            cases,
             input_bytes,
         )?);
     }
+    scratch
+        .close()
+        .with_context(|| format!("removing {}", outputs.display()))?;
 
     println!(
-        "preprocess benchmark: {} volumes of 512x512x{} int16 (gzip, {:.0} MB), {} slices kept, {} threads",
-        args.cases,
-        args.slices,
+        "preprocess benchmark: {} volumes from {} (gzip, {:.0} MB), {} slices kept, {} threads, median of {} runs, written under {}",
+        cases,
+        task_dir.display(),
         input_bytes as f64 / 1e6,
         slices,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        args.repeats,
+        parent.display()
     );
     println!(
-        "{:<34} {:>9} {:>9} {:>10} {:>12}",
-        "method", "seconds", "cases/s", "slices/s", "input MB/s"
+        "{:<42} {:>9} {:>9} {:>10} {:>12}",
+        "method (files in parallel)", "seconds", "cases/s", "slices/s", "input MB/s"
     );
     for r in &rows {
         println!(
-            "{:<34} {:>9.2} {:>9.3} {:>10.1} {:>12.1}",
+            "{:<42} {:>9.2} {:>9.3} {:>10.1} {:>12.1}",
             r.method, r.seconds, r.cases_per_s, r.slices_per_s, r.input_mb_per_s
         );
     }
     let (lo, hi) = REFERENCE_RECORDED_SLICES_PER_S;
     let ours = &rows[0];
+    // The reference measured in this run, when it was.
+    let reference_here = (rows.len() > 3).then(|| ours.slices_per_s / rows[3].slices_per_s);
     println!(
-        "vs gunzip alone (parallel): {:.2}x its time; vs the reference's recorded {lo}-{hi} slices/s: {:.1}x",
-        ours.seconds / gunzip_parallel,
-        ours.slices_per_s / hi
+        "vs gunzip alone: {:.2}x the time of ct-io's inflate, {:.2}x streaming zlib-rs; vs the reference's recorded {lo}-{hi} slices/s: {:.1}x{}",
+        ours.seconds / inflate,
+        ours.seconds / stream,
+        ours.slices_per_s / hi,
+        reference_here
+            .map(|x| format!("; vs the reference in this run: {x:.1}x"))
+            .unwrap_or_default()
     );
     println!(
         "{}",
         serde_json::json!({
             "benchmark": "preprocess",
-            "volumes": args.cases,
-            "shape": [512, 512, args.slices],
+            "volumes": cases,
+            "task": task_dir,
             "input_bytes": input_bytes,
             "slices": slices,
             "threads": rayon::current_num_threads(),
+            "repeats": args.repeats,
+            "written_under": parent,
             "rows": rows,
-            "ratio_to_gunzip_parallel": ours.seconds / gunzip_parallel,
+            "ratio_to_gunzip": ours.seconds / inflate,
+            "ratio_to_streaming_gunzip": ours.seconds / stream,
             "speedup_vs_reference_recorded": ours.slices_per_s / hi,
+            "speedup_vs_reference_this_run": reference_here,
         })
     );
     Ok(())
 }
 
-fn time(f: impl FnOnce() -> io::Result<()>) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    f()?;
-    Ok(start.elapsed().as_secs_f64())
+fn sync_file_system() {
+    let _ = Command::new("sync").status();
 }
 
-fn gunzip(path: &Path) -> io::Result<()> {
+/// The median time of `runs` runs of `f`.
+fn repeat(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn gunzip_streaming(path: &Path) -> io::Result<()> {
     let file = BufReader::with_capacity(1 << 20, File::open(path)?);
     io::copy(
         &mut flate2::read::MultiGzDecoder::new(file),
@@ -194,21 +268,19 @@ fn gunzip(path: &Path) -> io::Result<()> {
 fn run_reference(
     python: &Path,
     task_dir: &Path,
-    bench_dir: &Path,
+    out: &Path,
     cases: usize,
     input_bytes: u64,
 ) -> anyhow::Result<Row> {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/preprocess_ref.py");
     anyhow::ensure!(script.is_file(), "{} not found", script.display());
-    let out = bench_dir.join("reference_out");
-    let _ = std::fs::remove_dir_all(&out);
     let output = Command::new(python)
         .arg(&script)
         .arg("--root")
         .arg(task_dir)
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .args(["--n", &cases.to_string()])
         .output()
         .with_context(|| format!("running {}", python.display()))?;
@@ -230,7 +302,6 @@ fn run_reference(
     let slices = summary["slices"]
         .as_u64()
         .context("summary without slices")? as usize;
-    let _ = std::fs::remove_dir_all(&out);
     Ok(Row::new(
         "reference (nibabel + OpenCV)",
         seconds,

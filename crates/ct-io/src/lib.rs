@@ -22,7 +22,7 @@ pub mod task;
 pub use error::{Error, Result};
 pub use geometry::{Geometry, Reorientation};
 pub use nii::{
-    Datatype, Mask, ReadOptions, Volume, read_mask_with, read_planes_with, read_volume,
+    Datatype, Mask, ReadOptions, Volume, read_bytes, read_mask_with, read_planes_with, read_volume,
     read_volume_with, write_volume,
 };
 pub use task::{Case, Task, read_task};

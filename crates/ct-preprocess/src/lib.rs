@@ -34,7 +34,7 @@ use manifest::{
     ManifestCase, ManifestSlice, PREPROCESSED_DIR, SliceFiles, SliceSettings,
 };
 use settings::{Normalisation, PreprocessConfig};
-use slices::{axial_slice, decide_crop, network_input, resize_nearest};
+use slices::{decide_crop, nearest_axial_slice, network_input};
 use split::SplitRecord;
 
 /// What a run did.
@@ -301,8 +301,6 @@ fn process_case(
         size: settings.size,
         normalisation: slice_settings.normalisation,
         mask: reorientation.canonical_view(label.data.view()),
-        height,
-        width,
     };
     let (image_geometry, mut slices) = if reorientation.permutation[2] == 2 {
         stream_slices(&case.image, &options, &reorientation, crop.applied, &writer)?
@@ -314,7 +312,7 @@ fn process_case(
         let ct = reorientation.canonical_view(image.data.view());
         let slices = (crop.applied..depth)
             .into_par_iter()
-            .map(|k| writer.write(k, axial_slice(ct, k).0))
+            .map(|k| writer.write(k, ct, k))
             .collect::<anyhow::Result<Vec<_>>>()?;
         (image.geometry, slices)
     };
@@ -375,7 +373,14 @@ fn stream_slices(
             receiver
                 .into_iter()
                 .par_bridge()
-                .map(|(k, pixels)| writer.write(k, pixels))
+                .map(|(k, plane)| {
+                    // A plane of another size means the CT does not match its label: the read
+                    // reports it below.
+                    let Ok(view) = ArrayView3::from_shape((nx, ny, 1).f(), &plane) else {
+                        return Ok(None);
+                    };
+                    writer.write(k, in_plane.canonical_view(view), 0).map(Some)
+                })
                 .collect::<anyhow::Result<Vec<_>>>()
         });
         let read = read_planes_with(image_path, options, |k_file, plane| {
@@ -384,20 +389,15 @@ fn stream_slices(
             } else {
                 k_file
             };
-            // A plane of another size means the CT does not match its label: reported below.
-            let Ok(view) = ArrayView3::from_shape((nx, ny, 1).f(), plane) else {
-                return;
-            };
             if k >= first_kept && k_file < nz {
-                let (pixels, _, _) = axial_slice(in_plane.canonical_view(view), 0);
                 // A closed channel means the writers failed; their error is returned below.
-                let _ = sender.send((k, pixels));
+                let _ = sender.send((k, plane));
             }
         });
         drop(sender);
         let slices = writers.join().expect("slice writers do not panic");
         let (geometry, _) = read?;
-        Ok((geometry, slices?))
+        Ok((geometry, slices?.into_iter().flatten().collect()))
     })
 }
 
@@ -409,17 +409,19 @@ struct SliceWriter<'a> {
     normalisation: Normalisation,
     /// The label in canonical order.
     mask: ArrayView3<'a, u8>,
-    height: usize,
-    width: usize,
 }
 
 impl SliceWriter<'_> {
-    /// `pixels`: slice `k` of the CT in HU, row-major `height` x `width` (see [`axial_slice`]).
-    fn write(&self, k: usize, pixels: Vec<f32>) -> anyhow::Result<SliceFiles> {
+    /// Writes slice `k` of the case; its CT in HU is slice `k_in_view` of `canonical_ct`.
+    fn write(
+        &self,
+        k: usize,
+        canonical_ct: ArrayView3<f32>,
+        k_in_view: usize,
+    ) -> anyhow::Result<SliceFiles> {
         let size = self.size;
-        let resized = network_input(pixels, self.height, self.width, size, self.normalisation);
-        let (labels, _, _) = axial_slice(self.mask, k);
-        let resized_mask = resize_nearest(&labels, self.height, self.width, size);
+        let resized = network_input(canonical_ct, k_in_view, size, self.normalisation);
+        let resized_mask = nearest_axial_slice(self.mask, k, size);
         let tumour_voxels = resized_mask.iter().filter(|v| **v > 0).count() as u32;
         let image_name = format!("image_{k:04}.npy");
         let mask_name = format!("mask_{k:04}.npy");

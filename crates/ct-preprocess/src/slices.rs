@@ -1,7 +1,7 @@
 //! One axial slice at a time: crop decision, normalisation, resizing.
 
 use fast_image_resize::images::{TypedImage, TypedImageRef};
-use fast_image_resize::pixels::{F32, U8};
+use fast_image_resize::pixels::F32;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use ndarray::{ArrayView2, ArrayView3, Axis};
 use serde::{Deserialize, Serialize};
@@ -53,10 +53,15 @@ pub fn decide_crop(
     }
 }
 
-/// Axial slice `k` of a canonical view as a row-major image: rows run along canonical y
-/// (posterior → anterior), columns along canonical x (patient left → right). Copied row by row:
-/// each row is a 1D (possibly reversed) run through the volume.
-pub fn axial_slice<T: Copy>(canonical: ArrayView3<T>, k: usize) -> (Vec<T>, usize, usize) {
+/// Axial slice `k` of a canonical view as a row-major image, with `f` applied to each value as it
+/// is copied: rows run along canonical y (posterior → anterior), columns along canonical x
+/// (patient left → right). Copied row by row: each row is a 1D (possibly reversed) run through
+/// the volume.
+fn axial_slice_map<T: Copy, U>(
+    canonical: ArrayView3<T>,
+    k: usize,
+    f: impl Fn(T) -> U,
+) -> (Vec<U>, usize, usize) {
     let plane: ArrayView2<T> = canonical.index_axis(Axis(2), k);
     let (width, height) = plane.dim();
     let mut out = Vec::with_capacity(width * height);
@@ -64,31 +69,29 @@ pub fn axial_slice<T: Copy>(canonical: ArrayView3<T>, k: usize) -> (Vec<T>, usiz
         // Rows are contiguous, forwards or backwards, in every axis-aligned file: copy them as
         // slices (an element-wise walk through a strided view is several times slower).
         if let Some(run) = row.as_slice() {
-            out.extend_from_slice(run);
+            out.extend(run.iter().map(|&v| f(v)));
         } else if row.strides() == [-1] {
             row.invert_axis(Axis(0));
-            out.extend(row.as_slice().expect("reversed unit stride").iter().rev());
+            let run = row.as_slice().expect("reversed unit stride");
+            out.extend(run.iter().rev().map(|&v| f(v)));
         } else {
-            out.extend(row.iter().copied());
+            out.extend(row.iter().map(|&v| f(v)));
         }
     }
     (out, height, width)
 }
 
-/// One canonical axial slice in HU (row-major `height` x `width`, see [`axial_slice`]) as the
-/// network sees it: normalised, then resized to `size` x `size`. Training data and prediction both
+/// Axial slice `k` of a canonical CT view in HU as the network sees it: normalised, then resized
+/// to `size` x `size` (row-major, laid out as [`axial_slice_map`]). Training data and prediction both
 /// come through here, so they cannot drift apart.
 pub fn network_input(
-    mut hu: Vec<f32>,
-    height: usize,
-    width: usize,
+    canonical: ArrayView3<f32>,
+    k: usize,
     size: usize,
     normalisation: Normalisation,
 ) -> Vec<f32> {
-    for v in &mut hu {
-        *v = normalisation.apply(*v);
-    }
-    resize_bilinear(&hu, [height, width], [size, size])
+    let (normalised, height, width) = axial_slice_map(canonical, k, |v| normalisation.apply(v));
+    resize_bilinear(&normalised, [height, width], [size, size])
 }
 
 /// Bilinear resize of a row-major `[height, width]` image to `[height, width]` `to`, pixel centres
@@ -97,29 +100,56 @@ pub fn resize_bilinear(src: &[f32], from: [usize; 2], to: [usize; 2]) -> Vec<f32
     let [height, width] = from;
     let src = TypedImageRef::<F32>::new(width as u32, height as u32, bytemuck::cast_slice(src))
         .expect("buffer holds width x height pixels");
-    let mut dst = TypedImage::<F32>::new(to[1] as u32, to[0] as u32);
+    let mut out = vec![0f32; to[0] * to[1]];
+    let mut dst = TypedImage::<F32>::from_pixels_slice(
+        to[1] as u32,
+        to[0] as u32,
+        bytemuck::cast_slice_mut(&mut out),
+    )
+    .expect("buffer holds the output's pixels");
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear));
     Resizer::new()
         .resize_typed(&src, &mut dst, &options)
         .expect("same pixel type");
-    bytemuck::cast_slice(dst.pixels()).to_vec()
+    out
 }
 
-/// Nearest-neighbour resize taking each output pixel from the input pixel under its centre.
-pub fn resize_nearest(src: &[u8], height: usize, width: usize, size: usize) -> Vec<u8> {
-    let src = TypedImageRef::<U8>::new(width as u32, height as u32, bytemuck::cast_slice(src))
-        .expect("buffer holds width x height pixels");
-    let mut dst = TypedImage::<U8>::new(size as u32, size as u32);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Nearest);
-    Resizer::new()
-        .resize_typed(&src, &mut dst, &options)
-        .expect("same pixel type");
-    bytemuck::cast_slice(dst.pixels()).to_vec()
+/// Axial slice `k` of a canonical label view resized to `size` x `size` by nearest neighbour,
+/// laid out as [`axial_slice_map`]. Each output pixel takes the input pixel under its centre
+/// (fast_image_resize's and OpenCV's INTER_NEAREST rule), read straight from the view: only the
+/// pixels kept are touched.
+pub fn nearest_axial_slice(canonical: ArrayView3<u8>, k: usize, size: usize) -> Vec<u8> {
+    let plane: ArrayView2<u8> = canonical.index_axis(Axis(2), k);
+    let (width, height) = plane.dim();
+    let centres = |n: usize| -> Vec<usize> {
+        let scale = n as f64 / size as f64;
+        (0..size)
+            .map(|o| (((o as f64 + 0.5) * scale) as usize).min(n - 1))
+            .collect()
+    };
+    let (columns, rows) = (centres(width), centres(height));
+    let mut out = Vec::with_capacity(size * size);
+    for &y in &rows {
+        let mut row = plane.index_axis(Axis(1), y);
+        // As in `axial_slice_map`, rows are runs forwards or backwards through the volume: gather
+        // from the run itself rather than through strided indexing.
+        if let Some(run) = row.as_slice() {
+            out.extend(columns.iter().map(|&x| run[x]));
+        } else if row.strides() == [-1] {
+            row.invert_axis(Axis(0));
+            let run = row.as_slice().expect("reversed unit stride");
+            out.extend(columns.iter().map(|&x| run[width - 1 - x]));
+        } else {
+            out.extend(columns.iter().map(|&x| row[x]));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::ShapeBuilder;
 
     fn config(crop_slices: usize, crop_mm: Option<f64>) -> PreprocessConfig {
         PreprocessConfig {
@@ -156,10 +186,39 @@ mod tests {
                 .iter()
                 .all(|v| (v - 0.25).abs() < 1e-6)
         );
-        let mut mask = vec![0u8; 8 * 8];
-        mask[3 * 8 + 3] = 1;
-        let out = resize_nearest(&mask, 8, 8, 16);
-        assert_eq!(out.iter().filter(|v| **v == 1).count(), 4);
-        assert!(out.iter().all(|v| *v <= 1));
+        // Canonical [x, y, k]: one labelled voxel at x = 3, y = 5 of slice 1.
+        let mut mask = ndarray::Array3::<u8>::zeros((8, 8, 2));
+        mask[[3, 5, 1]] = 1;
+        let up = nearest_axial_slice(mask.view(), 1, 16);
+        let ones: Vec<usize> = (0..up.len()).filter(|&n| up[n] == 1).collect();
+        // Rows along y, columns along x: the 2x2 block at rows 10-11, columns 6-7.
+        assert_eq!(
+            ones,
+            vec![10 * 16 + 6, 10 * 16 + 7, 11 * 16 + 6, 11 * 16 + 7]
+        );
+        assert!(up.iter().all(|v| *v <= 1));
+        // Downsizing keeps the pixel under each output centre: 8 -> 4 samples x, y in {1, 3, 5, 7}.
+        let down = nearest_axial_slice(mask.view(), 1, 4);
+        assert_eq!(down.iter().map(|&v| usize::from(v)).sum::<usize>(), 1);
+        assert_eq!(down[2 * 4 + 1], 1);
+        assert_eq!(nearest_axial_slice(mask.view(), 0, 4), vec![0; 16]);
+        // Contiguous rows (file order) and reversed ones (a flipped axis) give what strided
+        // indexing gives.
+        let labels = ndarray::Array3::from_shape_fn((9, 7, 2), |(x, y, k)| {
+            u8::from((x * 3 + y * 5 + k) % 4 == 0)
+        });
+        let mut file_order = ndarray::Array3::zeros((9, 7, 2).f());
+        file_order.assign(&labels);
+        for size in [4, 5, 16] {
+            let strided = nearest_axial_slice(labels.view(), 1, size);
+            assert_eq!(nearest_axial_slice(file_order.view(), 1, size), strided);
+            let (mut flipped_strided, mut flipped_runs) = (labels.view(), file_order.view());
+            flipped_strided.invert_axis(Axis(0));
+            flipped_runs.invert_axis(Axis(0));
+            assert_eq!(
+                nearest_axial_slice(flipped_runs, 1, size),
+                nearest_axial_slice(flipped_strided, 1, size)
+            );
+        }
     }
 }

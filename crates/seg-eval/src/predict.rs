@@ -10,7 +10,7 @@ use anyhow::{Context, bail, ensure};
 use candle_core::{Device, Tensor};
 use ct_io::{Geometry, Reorientation, Volume};
 use ct_preprocess::settings::{Normalisation, PreprocessConfig};
-use ct_preprocess::slices::{axial_slice, decide_crop, network_input, resize_bilinear};
+use ct_preprocess::slices::{decide_crop, network_input, resize_bilinear};
 use ndarray::{Array3, ShapeBuilder};
 use rayon::prelude::*;
 use seg_model::{CheckpointInfo, Model};
@@ -137,11 +137,11 @@ impl Predictor {
         let normalisation = Normalisation::from_config(&self.preprocess);
         let inputs: Vec<Vec<f32>> = (first..depth)
             .into_par_iter()
-            .map(|k| network_input(axial_slice(ct, k).0, height, width, size, normalisation))
+            .map(|k| network_input(ct, k, size, normalisation))
             .collect();
 
         // Canonical probabilities, Fortran order: axial plane k is one contiguous row-major image
-        // (rows along y, columns along x), the layout of `axial_slice`.
+        // (rows along y, columns along x), the layout `ct_preprocess::slices::network_input` gives.
         let plane = width * height;
         let mut canonical = vec![0f32; plane * depth];
         let context = self.info.model.in_channels / 2;
