@@ -459,7 +459,7 @@ fn macs_per_slice(width: usize, size: usize) -> f64 {
 /// when a reference Python is given, and the `gemm` crate's ceiling on this machine.
 pub fn model(args: ModelBench) -> anyhow::Result<()> {
     if let Some(one) = &args.one {
-        let row = measure_model(one[0], one[1], args.steps)?;
+        let row = measure_model(one[0], one[1], args.steps, &candle_core::Device::Cpu)?;
         println!("{row}");
         return Ok(());
     }
@@ -627,21 +627,27 @@ fn gemm_ceiling() -> f64 {
     2.0 * (n * n * n) as f64 / best / 1e9
 }
 
-fn measure_model(width: usize, size: usize, steps: usize) -> anyhow::Result<serde_json::Value> {
-    use candle_core::{Device, Module, Tensor};
+/// Training-step and forward times of the reference U-Net at `width`, `size`, batch 8, on
+/// `device` (medians of `steps` after one warm-up).
+pub(crate) fn measure_model(
+    width: usize,
+    size: usize,
+    steps: usize,
+    device: &candle_core::Device,
+) -> anyhow::Result<serde_json::Value> {
+    use candle_core::{Module, Tensor};
     use seg_model::{Model, ModelConfig};
     use seg_train::adam::{Adam, AdamParams};
 
-    let device = Device::Cpu;
     let model = Model::new(
         &ModelConfig {
             width,
             ..ModelConfig::default()
         },
-        &device,
+        device,
     )?;
-    let x = Tensor::randn(0f32, 1.0, (8, 1, size, size), &device)?;
-    let t = Tensor::randn(0f32, 1.0, (8, 1, size, size), &device)?
+    let x = Tensor::randn(0f32, 1.0, (8, 1, size, size), device)?;
+    let t = Tensor::randn(0f32, 1.0, (8, 1, size, size), device)?
         .ge(1.0)?
         .to_dtype(candle_core::DType::F32)?;
     let mut adam = Adam::new(
@@ -662,6 +668,8 @@ fn measure_model(width: usize, size: usize, steps: usize) -> anyhow::Result<serd
         let start = Instant::now();
         let loss = seg_model::ops::bce_with_logits(&model.unet.forward_t(&x, true)?, &t)?;
         adam.step(&loss.backward()?, 1e-4, 0.0)?;
+        // GPU work is queued: wait for it before reading the clock.
+        device.synchronize()?;
         if step > 0 {
             step_times.push(start.elapsed().as_secs_f64());
         }
@@ -714,25 +722,55 @@ pub struct InferBench {
     /// Working folder (default: a temporary one).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Where the network runs: cpu, cuda:N (a CUDA build) or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// `cargo xtask bench infer`: seconds to predict one MSD-sized synthetic CT end to end (read →
 /// mask written), with the demo network and with the reference one (untrained weights: the
 /// time does not depend on them).
 pub fn infer(args: InferBench) -> anyhow::Result<()> {
+    let device = seg_model::parse_device(&args.device)?;
+    let rows = infer_rows(
+        &args.config,
+        args.size,
+        args.slices,
+        args.demo_only,
+        &device,
+        args.dir.as_deref(),
+    )?;
+    println!(
+        "{}",
+        serde_json::json!({"benchmark": "infer", "device": args.device, "shape": [args.size, args.size, args.slices], "rows": rows})
+    );
+    Ok(())
+}
+
+/// Predicts one synthetic `size`x`size`x`slices` CT end to end (read → mask written) with the
+/// demo network of `config` and, unless `demo_only`, the reference network; prints a table and
+/// returns its rows.
+pub(crate) fn infer_rows(
+    config: &Path,
+    size: usize,
+    slices: usize,
+    demo_only: bool,
+    device: &candle_core::Device,
+    dir: Option<&Path>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     use seg_eval::predict::{PredictOptions, Predictor, plan, run_job};
     use seg_model::{Model, ModelConfig};
 
-    let config = ct_io::config::Config::load(&args.config, &[])?;
+    let config = ct_io::config::Config::load(config, &[])?;
     let demo_model: ModelConfig = config.section()?;
     let demo_preprocess: PreprocessConfig = config.section()?;
     let tmp = tempfile::tempdir()?;
-    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let dir = dir.unwrap_or(tmp.path());
     let synth = SynthConfig {
         cases: 1,
         test_cases: 0,
-        size: args.size,
-        slices: args.slices,
+        size,
+        slices,
         ..SynthConfig::default()
     };
     let task = dir.join("Task06_Lung");
@@ -742,7 +780,7 @@ pub fn infer(args: InferBench) -> anyhow::Result<()> {
         .next()
         .context("no phantom written")?;
     let mut networks = vec![("demo", demo_model, demo_preprocess)];
-    if !args.demo_only {
+    if !demo_only {
         networks.push((
             "reference",
             ModelConfig::default(),
@@ -750,10 +788,8 @@ pub fn infer(args: InferBench) -> anyhow::Result<()> {
         ));
     }
     println!(
-        "inference benchmark: one {}x{}x{} CT, CPU, {} threads",
-        args.size,
-        args.size,
-        args.slices,
+        "inference benchmark: one {size}x{size}x{slices} CT, {}, {} CPU threads",
+        if device.is_cpu() { "CPU" } else { "GPU" },
         rayon::current_num_threads()
     );
     println!(
@@ -769,17 +805,13 @@ pub fn infer(args: InferBench) -> anyhow::Result<()> {
             Some(serde_json::to_value(&preprocess)?),
             serde_json::Value::Null,
         )?;
-        let predictor = Predictor::load(
-            &checkpoint,
-            &candle_core::Device::Cpu,
-            PredictOptions::default(),
-        )?;
+        let predictor = Predictor::load(&checkpoint, device, PredictOptions::default())?;
         let job = plan(&input, &dir.join(format!("mask_{name}.nii.gz")), false)?.remove(0);
         let report = run_job(&predictor, &job)?;
-        let kept = args.slices
+        let kept = slices
             - ct_preprocess::slices::decide_crop(
                 &preprocess,
-                args.slices,
+                slices,
                 ct_io::read_volume(&input)?.geometry.spacing[2],
                 None,
             )
@@ -802,9 +834,5 @@ pub fn infer(args: InferBench) -> anyhow::Result<()> {
             "slices_predicted": kept,
         }));
     }
-    println!(
-        "{}",
-        serde_json::json!({"benchmark": "infer", "shape": [args.size, args.size, args.slices], "rows": rows})
-    );
-    Ok(())
+    Ok(rows)
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 
 mod bench;
+mod cuda;
+mod gpu;
 mod pipeline;
 
 use std::path::PathBuf;
@@ -27,6 +29,12 @@ enum Command {
     Bench(Bench),
     /// The whole job: synth (if no data) → preprocess → train → predict → evaluate → report.
     Pipeline(pipeline::PipelineArgs),
+    /// Build the binaries with CUDA (and cuDNN) into target/cuda/, installing the CUDA 13.0
+    /// toolchain from PyPI's wheels.
+    CudaBuild(cuda::CudaBuildArgs),
+    /// On a machine with an NVIDIA GPU, with the binaries of `cuda-build`: GPU/CPU agreement,
+    /// training, and timings beside PyTorch's (see xtask/gpu/gpu-check.sh).
+    GpuCheck(gpu::GpuCheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -135,6 +143,8 @@ fn main() -> ExitCode {
         Command::Bench(Bench::Model(args)) => bench::model(args),
         Command::Bench(Bench::Infer(args)) => bench::infer(args),
         Command::Pipeline(args) => pipeline::pipeline(args),
+        Command::CudaBuild(args) => cuda::cuda_build(args),
+        Command::GpuCheck(args) => gpu::gpu_check(args),
     };
     // A failing stage has printed its own error: exit with its code.
     if let Some(failed) = result

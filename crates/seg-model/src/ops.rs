@@ -206,13 +206,99 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// A 3x3 convolution, stride 1, padding 1, of `x` `[B, Cin, H, W]` with `weight`
 /// `[Cout, Cin, 3, 3]`, plus `bias` `[Cout]` if given, then ReLU if `relu`: one pass on CPU
 /// through [`crate::conv`] (forward and both gradients as matrix products; the bias and ReLU
-/// folded into the copy out of the product). CPU only (elsewhere use candle's conv2d).
+/// folded into the copy out of the product). CPU only (elsewhere [`conv3x3_composed`]).
 pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
     let x = plain(x)?;
     let weight = plain(weight)?;
     match bias {
         Some(bias) => x.apply_op3(&weight, &plain(bias)?, Conv3x3 { relu }),
         None => x.apply_op2(&weight, Conv3x3 { relu }),
+    }
+}
+
+/// [`conv3x3`] for devices other than the CPU. candle's conv2d (cuDNN when built with it) gives the
+/// output but records no backward step; a zero-valued companion op ([`ConvGradients`]) carries
+/// both gradients, each computed as one more forward convolution. candle's own backward would
+/// take the input gradient through a naive transposed-convolution kernel.
+pub fn conv3x3_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let output = x.detach().conv2d(&weight.detach(), 1, 1, 1, 1)?;
+    let mut y = (output + x.apply_op2(weight, ConvGradients)?)?;
+    if let Some(bias) = bias {
+        y = y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
+    }
+    if relu { y.relu() } else { Ok(y) }
+}
+
+/// Zeros the shape of a 3x3 convolution's output, whose backward pass is that convolution's:
+/// input gradient = the output gradient convolved with the kernel flipped and transposed; weight
+/// gradient = the input (batch as channels) convolved with the output gradient.
+struct ConvGradients;
+
+impl ConvGradients {
+    fn output_shape(x: &Layout, w: &Layout) -> Result<Shape> {
+        let (batch, _, height, width) = x.shape().dims4()?;
+        let (out_channels, _, _, _) = w.shape().dims4()?;
+        Ok(Shape::from((batch, out_channels, height, width)))
+    }
+}
+
+impl CustomOp2 for ConvGradients {
+    fn name(&self) -> &'static str {
+        "conv3x3-gradients"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        _: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use candle_core::backend::{BackendDevice, BackendStorage};
+        let shape = Self::output_shape(lx, lw)?;
+        Ok((x.device().zeros_impl(&shape, x.dtype())?, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        _: &candle_core::CudaStorage,
+        lw: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::{BackendDevice, BackendStorage};
+        let shape = Self::output_shape(lx, lw)?;
+        Ok((x.device().zeros_impl(&shape, x.dtype())?, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, weight, grad) = (x.detach(), weight.detach(), grad.detach());
+        let reversed = Tensor::new(&[2u32, 1, 0], weight.device())?;
+        let flipped = weight
+            .transpose(0, 1)?
+            .contiguous()?
+            .index_select(&reversed, 2)?
+            .index_select(&reversed, 3)?;
+        let grad_x = grad.conv2d(&flipped, 1, 1, 1, 1)?;
+        let grad_weight = x
+            .transpose(0, 1)?
+            .contiguous()?
+            .conv2d(&grad.transpose(0, 1)?.contiguous()?, 1, 1, 1, 1)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        Ok((Some(grad_x), Some(grad_weight)))
     }
 }
 

@@ -6,7 +6,7 @@ use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Va
 
 use crate::config::{ModelConfig, Upsampling};
 use crate::norm::BatchNorm;
-use crate::ops::{conv3x3, max_pool2x2, upsample_bilinear2x};
+use crate::ops::{conv3x3, conv3x3_composed, max_pool2x2, upsample_bilinear2x};
 
 /// conv3x3 → (batch norm) → ReLU, twice. The convolutions are `step.0` and `step.2` as in the
 /// reference's `nn.Sequential(conv, ReLU, conv, ReLU)`.
@@ -53,20 +53,23 @@ impl DoubleConv {
     }
 }
 
-/// A 3x3 padded convolution with its bias: on CPU through [`conv3x3`], elsewhere candle's own.
+/// A 3x3 padded convolution with its bias: on CPU through [`conv3x3`], elsewhere
+/// [`conv3x3_composed`].
 fn conv(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return layer.forward(x);
-    }
-    conv3x3(x, layer.weight(), layer.bias(), false)
+    conv_maybe_relu(layer, x, false)
 }
 
 /// [`conv`] then ReLU, fused on CPU.
 fn conv_relu(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() {
-        return layer.forward(x)?.relu();
+    conv_maybe_relu(layer, x, true)
+}
+
+fn conv_maybe_relu(layer: &Conv2d, x: &Tensor, relu: bool) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        conv3x3(x, layer.weight(), layer.bias(), relu)
+    } else {
+        conv3x3_composed(x, layer.weight(), layer.bias(), relu)
     }
-    conv3x3(x, layer.weight(), layer.bias(), true)
 }
 
 /// Encoder levels `layer1..=layer{depth}`, decoder levels `layer{depth+1}..=layer{2 depth - 1}`

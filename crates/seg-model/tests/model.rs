@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Optimizer;
 use ct_io::config::Section;
-use seg_model::ops::{bce_with_logits, conv3x3, max_pool2x2, upsample_bilinear2x};
+use seg_model::ops::{
+    bce_with_logits, conv3x3, conv3x3_composed, max_pool2x2, upsample_bilinear2x,
+};
 use seg_model::{Model, ModelConfig, Upsampling, parse_device};
 
 fn fixture(name: &str) -> PathBuf {
@@ -506,6 +508,25 @@ fn conv3x3_equals_candles_conv_with_exact_gradients_for_input_kernel_and_bias() 
     let part = wide.narrow(1, 2, 3).unwrap();
     let expected = part.contiguous().unwrap().conv2d(&w, 1, 1, 1, 1).unwrap();
     assert!(max_abs_diff(&conv3x3(&part, &w, None, false).unwrap(), &expected) < 1e-4);
+}
+
+#[test]
+fn the_gpu_convolution_has_exact_gradients_too() {
+    // The composition used off the CPU (candle's conv2d + a companion op carrying the gradients)
+    // runs on CPU as well: the same values as the CPU kernel, and exact gradients.
+    let device = Device::Cpu;
+    let x = Tensor::randn(0f64, 1.0, (2, 3, 5, 4), &device).unwrap();
+    let w = Tensor::randn(0f64, 0.3, (4, 3, 3, 3), &device).unwrap();
+    let b = Tensor::randn(0f64, 1.0, 4, &device).unwrap();
+    for relu in [false, true] {
+        let composed = conv3x3_composed(&x, &w, Some(&b), relu).unwrap();
+        let kernel = conv3x3(&x, &w, Some(&b), relu).unwrap();
+        assert!(max_abs_diff(&composed, &kernel) < 1e-12);
+        check_gradient(|t| conv3x3_composed(t, &w, Some(&b), relu), x.clone());
+        check_gradient(|t| conv3x3_composed(&x, t, Some(&b), relu), w.clone());
+        check_gradient(|t| conv3x3_composed(&x, &w, Some(t), relu), b.clone());
+    }
+    check_gradient(|t| conv3x3_composed(t, &w, None, false), x.clone());
 }
 
 #[test]
