@@ -162,7 +162,7 @@ pub fn gpu_check(args: GpuCheckArgs) -> anyhow::Result<()> {
         });
     }
 
-    println!("\ngpu-check on {} ({})", args.device, describe(&gpu));
+    println!("\ngpu-check on {}", args.device);
     let width = rows
         .iter()
         .map(|r| r.check.chars().count())
@@ -184,13 +184,6 @@ pub fn gpu_check(args: GpuCheckArgs) -> anyhow::Result<()> {
 /// Speed targets are reported, not enforced: the check fails only on wrong results.
 fn met(yes: bool) -> &'static str {
     if yes { "met" } else { "missed" }
-}
-
-fn describe(device: &Device) -> String {
-    match device {
-        Device::Cuda(_) => "CUDA".into(),
-        other => format!("{other:?}"),
-    }
 }
 
 fn losses_text(losses: &[f64]) -> String {
