@@ -90,6 +90,7 @@ struct EvaluateArgs {
 }
 
 fn main() -> ExitCode {
+    seg_model::memory::reuse_freed_memory();
     ct_io::cli::init_tracing();
     let args = Args::parse();
     ct_io::cli::run(|| match args.command {

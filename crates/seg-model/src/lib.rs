@@ -8,6 +8,7 @@ pub mod config;
 pub mod conv;
 pub mod device;
 pub mod import;
+pub mod memory;
 pub mod model;
 pub mod norm;
 pub mod ops;

@@ -34,6 +34,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    seg_model::memory::reuse_freed_memory();
     ct_io::cli::init_tracing();
     let cli = Cli::parse();
     ct_io::cli::run(|| match cli.command {

@@ -22,6 +22,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    seg_model::memory::reuse_freed_memory();
     ct_io::cli::init_tracing();
     let args = Args::parse();
     ct_io::cli::run(|| {
