@@ -101,7 +101,7 @@ unsafe fn product<T: Real>(
 }
 
 /// Input channels from which the 9 shifted products beat one product over stacked copies.
-const STACK_BELOW: usize = 16;
+const STACK_BELOW: usize = 32;
 
 /// Shape of an NCHW batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
