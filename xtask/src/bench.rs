@@ -659,10 +659,6 @@ pub(crate) fn measure_model(
             weight_decay: 0.0,
         },
     )?;
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let mut step_times = Vec::new();
     for step in 0..=steps {
         let start = Instant::now();
@@ -779,6 +775,7 @@ pub(crate) fn infer_rows(
         .into_iter()
         .next()
         .context("no phantom written")?;
+    let slice_spacing = ct_io::read_volume(&input)?.geometry.spacing[2];
     let mut networks = vec![("demo", demo_model, demo_preprocess)];
     if !demo_only {
         networks.push((
@@ -809,13 +806,7 @@ pub(crate) fn infer_rows(
         let job = plan(&input, &dir.join(format!("mask_{name}.nii.gz")), false)?.remove(0);
         let report = run_job(&predictor, &job)?;
         let kept = slices
-            - ct_preprocess::slices::decide_crop(
-                &preprocess,
-                slices,
-                ct_io::read_volume(&input)?.geometry.spacing[2],
-                None,
-            )
-            .applied;
+            - ct_preprocess::slices::decide_crop(&preprocess, slices, slice_spacing, None).applied;
         println!(
             "{:>10} {:>6} {:>6} {:>12} {:>10.1} {:>12.1}",
             name,

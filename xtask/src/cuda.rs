@@ -14,7 +14,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 
-use crate::pipeline::workspace_root;
+use crate::pipeline::{cargo, workspace_root};
 
 /// Pinned to CUDA 13.0: candle ships its kernels as PTX that the driver compiles at run time, and
 /// a driver refuses PTX from a newer nvcc than its own CUDA version (the GPU machines' driver 580
@@ -62,7 +62,8 @@ pub struct CudaBuildArgs {
 
 pub fn cuda_build(args: CudaBuildArgs) -> anyhow::Result<()> {
     let root = workspace_root();
-    let toolchain = absolute(&root, &args.toolchain_dir);
+    // A relative folder is taken from the workspace root (an absolute one replaces it).
+    let toolchain = root.join(&args.toolchain_dir);
     let site_packages = install_wheels(&toolchain, &args.python, !args.no_cudnn)?;
     let cuda_home = lay_out_cuda_home(&toolchain, &site_packages, !args.no_cudnn)?;
 
@@ -76,8 +77,7 @@ pub fn cuda_build(args: CudaBuildArgs) -> anyhow::Result<()> {
         cuda_home.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
+    let mut command = cargo();
     command
         .current_dir(&root)
         .args(["build", "--release", "--locked"])
@@ -114,14 +114,6 @@ pub fn cuda_build(args: CudaBuildArgs) -> anyhow::Result<()> {
         if args.no_cudnn { "" } else { ", cuDNN 9" }
     );
     Ok(())
-}
-
-fn absolute(root: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        root.join(path)
-    }
 }
 
 /// Creates the virtual environment and installs the pinned wheels unless the same set is already
@@ -255,8 +247,7 @@ fn build_libcuda_stub(stubs: &Path) -> anyhow::Result<()> {
 
 /// cudarc's driver API bindings in cargo's registry (`cargo fetch` puts them there).
 fn cudarc_driver_bindings() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
+    let output = cargo()
         .current_dir(workspace_root())
         .args([
             "metadata",

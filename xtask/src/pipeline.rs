@@ -293,8 +293,7 @@ struct Binaries {
 
 /// Builds the stage binaries (once; cargo does nothing when they are current) and finds them.
 fn build_binaries(root: &Path, dev: bool) -> anyhow::Result<Binaries> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
+    let mut command = cargo();
     command.current_dir(root).args([
         "build",
         "--message-format=json-render-diagnostics",
@@ -358,6 +357,11 @@ fn run(binary: &Path, args: &[String], stage: StageName) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// The cargo that runs xtask (`cargo` on PATH when run otherwise).
+pub(crate) fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
 pub(crate) fn workspace_root() -> PathBuf {

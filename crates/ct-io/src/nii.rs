@@ -132,16 +132,18 @@ pub fn read_volume(path: &Path) -> Result<Volume> {
 }
 
 pub fn read_volume_with(path: &Path, options: &ReadOptions) -> Result<Volume> {
-    let mut scratch = Vec::new();
+    let mut may_be_non_finite = false;
     let (values, header) = read_data(path, options, |chunk, out: &mut Vec<f32>| {
-        out.extend_from_slice(chunk.decode(&mut scratch))
+        may_be_non_finite |= chunk.may_be_non_finite();
+        chunk.append(chunk.raw, out);
     })?;
     let data = Array3::from_shape_vec(
         (header.shape[0], header.shape[1], header.shape[2]).f(),
         values,
     )
     .expect("length equals the product of the shape");
-    if let Some(flat) = data.as_slice_memory_order()
+    if may_be_non_finite
+        && let Some(flat) = data.as_slice_memory_order()
         && let Some(first) = flat.iter().position(|v| !v.is_finite())
     {
         let count = flat.iter().filter(|v| !v.is_finite()).count();
@@ -167,8 +169,8 @@ fn non_finite(path: &Path, count: usize, first: usize, shape: [usize; 3]) -> Err
 /// Reads a volume one k-plane at a time (k is the slowest axis in the file), handing
 /// `on_plane(k, values)` each plane of `nx * ny` values (i fastest, after scaling) as soon as it
 /// is decoded, so the volume is never held whole as f32 values (at most as its stored bytes) and
-/// work on early planes can overlap the decoding of later ones. Returns the geometry and the stored datatype; NaN or infinite
-/// voxels make it an error (after every plane was handed over).
+/// work on early planes can overlap the decoding of later ones. Returns the geometry and the
+/// stored datatype; NaN or infinite voxels make it an error (after every plane was handed over).
 pub fn read_planes_with(
     path: &Path,
     options: &ReadOptions,
@@ -180,15 +182,14 @@ pub fn read_planes_with(
     let (_, header) = read_data(path, options, |chunk, _: &mut Vec<()>| {
         let plane_len = chunk.shape[0] * chunk.shape[1];
         let width = chunk.datatype.bytes();
-        // Whole numbers cannot be NaN or infinite: only float and scaled data are scanned.
-        let can_be_non_finite = !chunk.datatype.is_integer() || chunk.scaling.is_some();
+        let may_be_non_finite = chunk.may_be_non_finite();
         let mut rest = chunk.raw;
         while !rest.is_empty() {
             let take = ((plane_len - plane.len()) * width).min(rest.len());
             chunk.append(&rest[..take], &mut plane);
             rest = &rest[take..];
             if plane.len() == plane_len {
-                let non_finite = if can_be_non_finite {
+                let non_finite = if may_be_non_finite {
                     plane.iter().filter(|v| !v.is_finite()).count()
                 } else {
                     0
@@ -593,6 +594,12 @@ impl Chunk<'_> {
         scratch.clear();
         self.append(self.raw, scratch);
         scratch
+    }
+
+    /// Whether the values can hold NaN or infinities: whole numbers cannot, so only float and
+    /// scaled data need scanning.
+    fn may_be_non_finite(&self) -> bool {
+        !self.datatype.is_integer() || self.scaling.is_some()
     }
 
     /// Appends the values of `raw` (whole voxels of this chunk's type) to `out`, after scaling.

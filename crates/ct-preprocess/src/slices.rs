@@ -3,7 +3,7 @@
 use fast_image_resize::images::{TypedImage, TypedImageRef};
 use fast_image_resize::pixels::F32;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
-use ndarray::{ArrayView2, ArrayView3, Axis};
+use ndarray::{ArrayView1, ArrayView2, ArrayView3, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::settings::{Normalisation, PreprocessConfig};
@@ -53,10 +53,33 @@ pub fn decide_crop(
     }
 }
 
+/// One row of a canonical axial slice as it lies in memory. Rows are contiguous, forwards or
+/// backwards, in every axis-aligned file: reading them as slices is several times faster than an
+/// element-wise walk through a strided view.
+enum Row<'a, T> {
+    Forwards(&'a [T]),
+    Backwards(&'a [T]),
+    Strided(ArrayView1<'a, T>),
+}
+
+impl<'a, T> Row<'a, T> {
+    fn of(mut row: ArrayView1<'a, T>) -> Row<'a, T> {
+        if let Some(run) = row.to_slice() {
+            return Row::Forwards(run);
+        }
+        if row.strides() == [-1] {
+            row.invert_axis(Axis(0));
+            if let Some(run) = row.to_slice() {
+                return Row::Backwards(run);
+            }
+        }
+        Row::Strided(row)
+    }
+}
+
 /// Axial slice `k` of a canonical view as a row-major image, with `f` applied to each value as it
 /// is copied: rows run along canonical y (posterior → anterior), columns along canonical x
-/// (patient left → right). Copied row by row: each row is a 1D (possibly reversed) run through
-/// the volume.
+/// (patient left → right).
 fn axial_slice_map<T: Copy, U>(
     canonical: ArrayView3<T>,
     k: usize,
@@ -65,17 +88,11 @@ fn axial_slice_map<T: Copy, U>(
     let plane: ArrayView2<T> = canonical.index_axis(Axis(2), k);
     let (width, height) = plane.dim();
     let mut out = Vec::with_capacity(width * height);
-    for mut row in plane.axis_iter(Axis(1)) {
-        // Rows are contiguous, forwards or backwards, in every axis-aligned file: copy them as
-        // slices (an element-wise walk through a strided view is several times slower).
-        if let Some(run) = row.as_slice() {
-            out.extend(run.iter().map(|&v| f(v)));
-        } else if row.strides() == [-1] {
-            row.invert_axis(Axis(0));
-            let run = row.as_slice().expect("reversed unit stride");
-            out.extend(run.iter().rev().map(|&v| f(v)));
-        } else {
-            out.extend(row.iter().map(|&v| f(v)));
+    for row in plane.axis_iter(Axis(1)) {
+        match Row::of(row) {
+            Row::Forwards(run) => out.extend(run.iter().map(|&v| f(v))),
+            Row::Backwards(run) => out.extend(run.iter().rev().map(|&v| f(v))),
+            Row::Strided(row) => out.extend(row.iter().map(|&v| f(v))),
         }
     }
     (out, height, width)
@@ -130,17 +147,10 @@ pub fn nearest_axial_slice(canonical: ArrayView3<u8>, k: usize, size: usize) -> 
     let (columns, rows) = (centres(width), centres(height));
     let mut out = Vec::with_capacity(size * size);
     for &y in &rows {
-        let mut row = plane.index_axis(Axis(1), y);
-        // As in `axial_slice_map`, rows are runs forwards or backwards through the volume: gather
-        // from the run itself rather than through strided indexing.
-        if let Some(run) = row.as_slice() {
-            out.extend(columns.iter().map(|&x| run[x]));
-        } else if row.strides() == [-1] {
-            row.invert_axis(Axis(0));
-            let run = row.as_slice().expect("reversed unit stride");
-            out.extend(columns.iter().map(|&x| run[width - 1 - x]));
-        } else {
-            out.extend(columns.iter().map(|&x| row[x]));
+        match Row::of(plane.index_axis(Axis(1), y)) {
+            Row::Forwards(run) => out.extend(columns.iter().map(|&x| run[x])),
+            Row::Backwards(run) => out.extend(columns.iter().map(|&x| run[width - 1 - x])),
+            Row::Strided(row) => out.extend(columns.iter().map(|&x| row[x])),
         }
     }
     out

@@ -240,10 +240,17 @@ pub fn conv3x3_composed(
 struct ConvGradients;
 
 impl ConvGradients {
-    fn output_shape(x: &Layout, w: &Layout) -> Result<Shape> {
-        let (batch, _, height, width) = x.shape().dims4()?;
-        let (out_channels, _, _, _) = w.shape().dims4()?;
-        Ok(Shape::from((batch, out_channels, height, width)))
+    /// The forward pass on any backend: zeros of the output's shape on `x`'s device.
+    fn zeros<S>(x: &S, lx: &Layout, lw: &Layout) -> Result<(S, Shape)>
+    where
+        S: candle_core::backend::BackendStorage,
+        S::Device: candle_core::backend::BackendDevice<Storage = S>,
+    {
+        use candle_core::backend::BackendDevice;
+        let (batch, _, height, width) = lx.shape().dims4()?;
+        let (out_channels, _, _, _) = lw.shape().dims4()?;
+        let shape = Shape::from((batch, out_channels, height, width));
+        Ok((x.device().zeros_impl(&shape, x.dtype())?, shape))
     }
 }
 
@@ -259,9 +266,7 @@ impl CustomOp2 for ConvGradients {
         _: &CpuStorage,
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use candle_core::backend::{BackendDevice, BackendStorage};
-        let shape = Self::output_shape(lx, lw)?;
-        Ok((x.device().zeros_impl(&shape, x.dtype())?, shape))
+        Self::zeros(x, lx, lw)
     }
 
     #[cfg(feature = "cuda")]
@@ -272,9 +277,7 @@ impl CustomOp2 for ConvGradients {
         _: &candle_core::CudaStorage,
         lw: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::{BackendDevice, BackendStorage};
-        let shape = Self::output_shape(lx, lw)?;
-        Ok((x.device().zeros_impl(&shape, x.dtype())?, shape))
+        Self::zeros(x, lx, lw)
     }
 
     fn bwd(
