@@ -23,6 +23,7 @@ pub trait Real:
     + Send
     + Sync
     + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
     + std::ops::AddAssign
     + 'static
@@ -46,13 +47,13 @@ impl Real for f64 {
 }
 
 /// A strided matrix: element (r, c) is at `ptr + r·rows + c·cols`.
-struct Matrix<P> {
+pub(crate) struct Matrix<P> {
     ptr: P,
     rows: isize,
     cols: isize,
 }
 
-fn strided<P>(ptr: P, rows: usize, cols: usize) -> Matrix<P> {
+pub(crate) fn strided<P>(ptr: P, rows: usize, cols: usize) -> Matrix<P> {
     Matrix {
         ptr,
         rows: rows as isize,
@@ -65,7 +66,7 @@ fn strided<P>(ptr: P, rows: usize, cols: usize) -> Matrix<P> {
 /// # Safety
 /// Every element the three strided matrices address must lie inside its allocation, and `dst`
 /// must not overlap `lhs` or `rhs`.
-unsafe fn product<T: Real>(
+pub(crate) unsafe fn product<T: Real>(
     [m, n, k]: [usize; 3],
     dst: Matrix<*mut T>,
     accumulate: bool,
@@ -113,7 +114,7 @@ pub struct Dims {
 }
 
 impl Dims {
-    fn image(&self) -> usize {
+    pub(crate) fn image(&self) -> usize {
         self.channels * self.height * self.width
     }
     fn padded_plane(&self) -> usize {
@@ -136,10 +137,10 @@ thread_local! {
     static SCRATCH: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
 }
 
-type Buffers<T> = [Vec<T>; 3];
+pub(crate) type Buffers<T> = [Vec<T>; 4];
 
 /// Runs `f` with this thread's scratch buffers for `T`.
-fn with_scratch<T: Real, R>(f: impl FnOnce(&mut Buffers<T>) -> R) -> R {
+pub(crate) fn with_scratch<T: Real, R>(f: impl FnOnce(&mut Buffers<T>) -> R) -> R {
     SCRATCH.with_borrow_mut(|all| {
         let at = match all.iter().position(|b| b.is::<Buffers<T>>()) {
             Some(at) => at,
@@ -190,8 +191,24 @@ fn stack_shifts<T: Real>(padded: &[T], d: &Dims, stacked: &mut Vec<T>) {
 }
 
 /// y = conv3x3(x, weight) (+ bias) (then ReLU): x `[B, Cin, H, W]`, weight `[Cout, Cin, 3, 3]`,
-/// returns `[B, Cout, H, W]`.
+/// returns `[B, Cout, H, W]`. Many channels: by [`crate::winograd`].
 pub fn forward<T: Real>(
+    x: &[T],
+    d: Dims,
+    weight: &[T],
+    out_channels: usize,
+    bias: Option<&[T]>,
+    relu: bool,
+) -> Vec<T> {
+    if crate::winograd::pays(&d, out_channels) {
+        crate::winograd::forward(x, d, weight, out_channels, bias, relu)
+    } else {
+        shifted_forward(x, d, weight, out_channels, bias, relu)
+    }
+}
+
+/// [`forward`] as matrix products over the shifted views of the padded input.
+pub(crate) fn shifted_forward<T: Real>(
     x: &[T],
     d: Dims,
     weight: &[T],
@@ -205,7 +222,7 @@ pub fn forward<T: Real>(
     let mut y = vec![T::default(); d.batch * out_image];
     let (per_image, inner) = parallelism(d.batch);
     let run = |(x, y): (&[T], &mut [T])| {
-        with_scratch(|[padded, stacked, out]: &mut Buffers<T>| {
+        with_scratch(|[padded, stacked, out, _]: &mut Buffers<T>| {
             forward_image(x, &d, weight, out_channels, padded, stacked, out, inner);
             copy_out(out, y, &d, bias, relu);
         })
@@ -299,18 +316,12 @@ pub fn weight_grad<T: Real>(x: &[T], d: Dims, grad: &[T], out_channels: usize) -
     // many threads there are or which ran what (resumed training must be bit-exact).
     let partial = |(x, g): (&[T], &[T])| {
         let mut acc = vec![T::default(); size];
-        with_scratch(|[padded, stacked, out]: &mut Buffers<T>| {
-            weight_grad_image(
-                x,
-                g,
-                &d,
-                out_channels,
-                &mut acc,
-                padded,
-                stacked,
-                out,
-                inner,
-            )
+        with_scratch(|buffers: &mut Buffers<T>| {
+            if crate::winograd::pays(&d, out_channels) {
+                crate::winograd::weight_grad_image(x, g, &d, out_channels, &mut acc, buffers, inner)
+            } else {
+                shifted_weight_grad_image(x, g, &d, out_channels, &mut acc, buffers, inner)
+            }
         });
         acc
     };
@@ -331,16 +342,15 @@ pub fn weight_grad<T: Real>(x: &[T], d: Dims, grad: &[T], out_channels: usize) -
     total
 }
 
-#[allow(clippy::too_many_arguments)]
-fn weight_grad_image<T: Real>(
+/// Adds to `acc` the weight gradient of one image, as matrix products over the shifted views of
+/// the padded input.
+pub(crate) fn shifted_weight_grad_image<T: Real>(
     x: &[T],
     grad: &[T],
     d: &Dims,
     out_channels: usize,
     acc: &mut [T],
-    padded: &mut Vec<T>,
-    stacked: &mut Vec<T>,
-    grad_padded: &mut Vec<T>,
+    [padded, stacked, grad_padded, _]: &mut Buffers<T>,
     parallelism: Parallelism,
 ) {
     let (plane, n, cin) = (d.padded_plane(), d.padded_rows(), d.channels);

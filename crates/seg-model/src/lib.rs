@@ -14,6 +14,7 @@ pub mod norm;
 pub mod ops;
 pub mod resample;
 pub mod unet;
+pub mod winograd;
 
 pub use config::{ModelConfig, Upsampling};
 pub use device::parse_device;

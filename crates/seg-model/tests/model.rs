@@ -481,9 +481,17 @@ fn the_shipped_configs_have_valid_model_sections() {
 #[test]
 fn conv3x3_equals_candles_conv_with_exact_gradients_for_input_kernel_and_bias() {
     let device = Device::Cpu;
-    // Few input channels (stacked shifts) and many (accumulated shifted products).
-    for (cin, cout) in [(3, 4), (33, 2)] {
-        let x = Tensor::randn(0f64, 1.0, (2, cin, 5, 4), &device).unwrap();
+    // Few input channels (stacked shifts), many (accumulated shifted products), and many on
+    // both sides of an even-sized image (Winograd).
+    let last = seg_model::conv::Dims {
+        batch: 2,
+        channels: 16,
+        height: 4,
+        width: 6,
+    };
+    assert!(seg_model::winograd::pays(&last, 17));
+    for (cin, cout, h, w) in [(3, 4, 5, 4), (33, 2, 5, 4), (16, 17, 4, 6)] {
+        let x = Tensor::randn(0f64, 1.0, (2, cin, h, w), &device).unwrap();
         let w = Tensor::randn(0f64, 0.3, (cout, cin, 3, 3), &device).unwrap();
         let b = Tensor::randn(0f64, 1.0, cout, &device).unwrap();
         let candle = x
