@@ -162,14 +162,45 @@ fn parallelism(batch: usize) -> (bool, Parallelism) {
     }
 }
 
-/// Copies image `x` (`channels` planes of height x width) into `padded` with a zero border, plus
-/// two trailing zeros that the last shifted view may touch.
-fn pad_image<T: Real>(x: &[T], d: &Dims, padded: &mut Vec<T>) {
+/// A convolution's input batch `[B, C, H, W]`: one tensor, or two whose channels are read one
+/// after the other as if concatenated (a decoder level's upsampled map and its skip connection,
+/// never copied into one tensor).
+#[derive(Clone, Copy)]
+pub enum Input<'a, T> {
+    One(&'a [T]),
+    Two(&'a [T], &'a [T]),
+}
+
+impl<'a, T> Input<'a, T> {
+    fn len(self) -> usize {
+        match self {
+            Input::One(x) => x.len(),
+            Input::Two(a, b) => a.len() + b.len(),
+        }
+    }
+
+    /// The channel planes of image `image`, in channel order.
+    pub(crate) fn planes(self, d: &Dims, image: usize) -> impl Iterator<Item = &'a [T]> + Clone {
+        let (batch, plane) = (d.batch, d.height * d.width);
+        let (first, second): (&[T], &[T]) = match self {
+            Input::One(x) => (x, &[]),
+            Input::Two(a, b) => (a, b),
+        };
+        [first, second].into_iter().flat_map(move |part| {
+            let size = part.len() / batch;
+            part[image * size..(image + 1) * size].chunks_exact(plane)
+        })
+    }
+}
+
+/// Copies an image's channel planes into `padded` with a zero border, plus two trailing zeros
+/// that the last shifted view may touch.
+fn pad_image<'a, T: Real>(planes: impl Iterator<Item = &'a [T]>, d: &Dims, padded: &mut Vec<T>) {
     let plane = d.padded_plane();
     padded.clear();
     padded.resize(d.channels * plane + 2, T::default());
     let w2 = d.width + 2;
-    for (c, src) in x.chunks_exact(d.height * d.width).enumerate() {
+    for (c, src) in planes.enumerate() {
         for (r, row) in src.chunks_exact(d.width).enumerate() {
             let at = c * plane + (r + 1) * w2 + 1;
             padded[at..at + d.width].copy_from_slice(row);
@@ -193,7 +224,7 @@ fn stack_shifts<T: Real>(padded: &[T], d: &Dims, stacked: &mut Vec<T>) {
 /// y = conv3x3(x, weight) (+ bias) (then ReLU): x `[B, Cin, H, W]`, weight `[Cout, Cin, 3, 3]`,
 /// returns `[B, Cout, H, W]`. Many channels: by [`crate::winograd`].
 pub fn forward<T: Real>(
-    x: &[T],
+    x: Input<T>,
     d: Dims,
     weight: &[T],
     out_channels: usize,
@@ -209,7 +240,7 @@ pub fn forward<T: Real>(
 
 /// [`forward`] as matrix products over the shifted views of the padded input.
 pub(crate) fn shifted_forward<T: Real>(
-    x: &[T],
+    x: Input<T>,
     d: Dims,
     weight: &[T],
     out_channels: usize,
@@ -221,13 +252,14 @@ pub(crate) fn shifted_forward<T: Real>(
     let out_image = out_channels * d.height * d.width;
     let mut y = vec![T::default(); d.batch * out_image];
     let (per_image, inner) = parallelism(d.batch);
-    let run = |(x, y): (&[T], &mut [T])| {
+    let run = |(image, y): (usize, &mut [T])| {
         with_scratch(|[padded, stacked, out, _]: &mut Buffers<T>| {
-            forward_image(x, &d, weight, out_channels, padded, stacked, out, inner);
+            pad_image(x.planes(&d, image), &d, padded);
+            forward_image(&d, weight, out_channels, padded, stacked, out, inner);
             copy_out(out, y, &d, bias, relu);
         })
     };
-    let pairs = x.chunks_exact(d.image()).zip(y.chunks_exact_mut(out_image));
+    let pairs = y.chunks_exact_mut(out_image).enumerate();
     if per_image {
         pairs.par_bridge().for_each(run);
     } else {
@@ -236,19 +268,17 @@ pub(crate) fn shifted_forward<T: Real>(
     y
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One image's output on the padded width, from its padded input.
 fn forward_image<T: Real>(
-    x: &[T],
     d: &Dims,
     weight: &[T],
     out_channels: usize,
-    padded: &mut Vec<T>,
+    padded: &[T],
     stacked: &mut Vec<T>,
     out: &mut Vec<T>,
     parallelism: Parallelism,
 ) {
     let (plane, n, cin) = (d.padded_plane(), d.padded_rows(), d.channels);
-    pad_image(x, d, padded);
     out.clear();
     out.resize(out_channels * n, T::default());
     // SAFETY (both branches): every matrix lies inside its buffer: `out` is Cout x n; the weight
@@ -306,7 +336,7 @@ fn copy_out<T: Real>(out: &[T], y: &mut [T], d: &Dims, bias: Option<&[T]>, relu:
 
 /// The weight gradient `[Cout, Cin, 3, 3]` of conv3x3 from the input x `[B, Cin, H, W]` and the
 /// output gradient `[B, Cout, H, W]`.
-pub fn weight_grad<T: Real>(x: &[T], d: Dims, grad: &[T], out_channels: usize) -> Vec<T> {
+pub fn weight_grad<T: Real>(x: Input<T>, d: Dims, grad: &[T], out_channels: usize) -> Vec<T> {
     assert_eq!(x.len(), d.batch * d.image());
     let out_image = out_channels * d.height * d.width;
     assert_eq!(grad.len(), d.batch * out_image);
@@ -314,10 +344,11 @@ pub fn weight_grad<T: Real>(x: &[T], d: Dims, grad: &[T], out_channels: usize) -
     let (per_image, inner) = parallelism(d.batch);
     // One partial gradient per image, summed in image order: the result does not depend on how
     // many threads there are or which ran what (resumed training must be bit-exact).
-    let partial = |(x, g): (&[T], &[T])| {
+    let partial = |(image, g): (usize, &[T])| {
         let mut acc = vec![T::default(); size];
+        let x = x.planes(&d, image);
         with_scratch(|buffers: &mut Buffers<T>| {
-            if crate::winograd::pays(&d, out_channels) {
+            if crate::winograd::pays_for_weight_grad(&d, out_channels) {
                 crate::winograd::weight_grad_image(x, g, &d, out_channels, &mut acc, buffers, inner)
             } else {
                 shifted_weight_grad_image(x, g, &d, out_channels, &mut acc, buffers, inner)
@@ -325,10 +356,7 @@ pub fn weight_grad<T: Real>(x: &[T], d: Dims, grad: &[T], out_channels: usize) -
         });
         acc
     };
-    let pairs: Vec<(&[T], &[T])> = x
-        .chunks_exact(d.image())
-        .zip(grad.chunks_exact(out_image))
-        .collect();
+    let pairs: Vec<(usize, &[T])> = grad.chunks_exact(out_image).enumerate().collect();
     let partials: Vec<Vec<T>> = if per_image {
         pairs.into_par_iter().map(partial).collect()
     } else {
@@ -344,8 +372,8 @@ pub fn weight_grad<T: Real>(x: &[T], d: Dims, grad: &[T], out_channels: usize) -
 
 /// Adds to `acc` the weight gradient of one image, as matrix products over the shifted views of
 /// the padded input.
-pub(crate) fn shifted_weight_grad_image<T: Real>(
-    x: &[T],
+pub(crate) fn shifted_weight_grad_image<'a, T: Real>(
+    x: impl Iterator<Item = &'a [T]>,
     grad: &[T],
     d: &Dims,
     out_channels: usize,
@@ -494,7 +522,7 @@ mod tests {
             let x = values(batch * cin * h * w, 1);
             let weight = values(cout * cin * 9, 2);
             let bias = values(cout, 3);
-            let y = forward(&x, d, &weight, cout, Some(&bias), false);
+            let y = forward(Input::One(&x), d, &weight, cout, Some(&bias), false);
             let reference = direct(&x, d, &weight, cout);
             for (i, (a, b)) in y.iter().zip(&reference).enumerate() {
                 let with_bias = b + f64::from(bias[(i / (h * w)) % cout]);
@@ -503,7 +531,7 @@ mod tests {
                     "forward {i}: {a} vs {with_bias}"
                 );
             }
-            let relu = forward(&x, d, &weight, cout, Some(&bias), true);
+            let relu = forward(Input::One(&x), d, &weight, cout, Some(&bias), true);
             assert!(relu.iter().zip(&y).all(|(r, v)| *r == v.max(0.0)));
 
             // Gradients of L = Σ g·y: dL/dx is the flipped-kernel convolution of g, and dL/dw[j]
@@ -514,7 +542,7 @@ mod tests {
                 ..d
             };
             let grad_x = forward(
-                &g,
+                Input::One(&g),
                 gd,
                 &flipped_transposed(&weight, cout, cin),
                 cin,
@@ -534,7 +562,7 @@ mod tests {
                     "grad x {probe}"
                 );
             }
-            let grad_w = weight_grad(&x, d, &g, cout);
+            let grad_w = weight_grad(Input::One(&x), d, &g, cout);
             for probe in [0, weight.len() / 3, weight.len() - 1] {
                 let mut e = vec![0f32; weight.len()];
                 e[probe] = 1.0;
@@ -549,6 +577,40 @@ mod tests {
                     grad_w[probe]
                 );
             }
+        }
+    }
+
+    #[test]
+    fn two_inputs_are_read_as_their_concatenation() {
+        // Few channels (shifted products) and many of a large image (Winograd), with parts of
+        // unequal size.
+        for (batch, first, second, cout, h, w) in [(2, 1, 2, 3, 4, 6), (2, 7, 12, 16, 64, 64)] {
+            let (a, b) = (
+                values(batch * first * h * w, 5),
+                values(batch * second * h * w, 6),
+            );
+            let joined: Vec<f32> = a
+                .chunks_exact(first * h * w)
+                .zip(b.chunks_exact(second * h * w))
+                .flat_map(|(a, b)| a.iter().chain(b).copied())
+                .collect();
+            let d = Dims {
+                batch,
+                channels: first + second,
+                height: h,
+                width: w,
+            };
+            let weight = values(cout * d.channels * 9, 7);
+            let y = forward(Input::Two(&a, &b), d, &weight, cout, None, true);
+            assert_eq!(
+                y,
+                forward(Input::One(&joined), d, &weight, cout, None, true)
+            );
+            let g = values(batch * cout * h * w, 8);
+            assert_eq!(
+                weight_grad(Input::Two(&a, &b), d, &g, cout),
+                weight_grad(Input::One(&joined), d, &g, cout)
+            );
         }
     }
 }

@@ -208,12 +208,23 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// through [`crate::conv`] (forward and both gradients as matrix products; the bias and ReLU
 /// folded into the copy out of the product). CPU only (elsewhere [`conv3x3_composed`]).
 pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
-    let x = plain(x)?;
-    let weight = plain(weight)?;
-    match bias {
-        Some(bias) => x.apply_op3(&weight, &plain(bias)?, Conv3x3 { relu }),
-        None => x.apply_op2(&weight, Conv3x3 { relu }),
-    }
+    let op = Conv3x3::new(weight, bias, relu)?;
+    plain(x)?.apply_op2(&op.params(weight, bias)?, op)
+}
+
+/// [`conv3x3`] of the channel concatenation [`up`, `skip`] (a decoder level's input) without
+/// making it: the kernels read the channels of both, and the backward pass gives each its own
+/// gradient. Saves a copy of the level's widest tensor, kept until the backward pass, and the
+/// split of its gradient. CPU only.
+pub fn conv3x3_concat(
+    up: &Tensor,
+    skip: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let op = Conv3x3::new(weight, bias, relu)?;
+    plain(up)?.apply_op3(&plain(skip)?, &op.params(weight, bias)?, op)
 }
 
 /// [`conv3x3`] for devices other than the CPU. candle's conv2d (cuDNN when built with it) gives the
@@ -314,10 +325,6 @@ pub(crate) fn plain(t: &Tensor) -> Result<Tensor> {
     }
 }
 
-struct Conv3x3 {
-    relu: bool,
-}
-
 /// The values of a CPU storage under a contiguous layout.
 pub(crate) fn values<'a, T: candle_core::WithDType>(
     storage: &'a CpuStorage,
@@ -330,78 +337,141 @@ pub(crate) fn values<'a, T: candle_core::WithDType>(
     Ok(&all[start..end])
 }
 
+/// The CPU convolution as one candle op over its input(s) and one parameter vector: the weight
+/// flattened, then the bias if any (candle's custom ops take at most three tensors; the
+/// concatenation's gradient reaches the weight and bias through `cat`).
+struct Conv3x3 {
+    relu: bool,
+    bias: bool,
+    out_channels: usize,
+    in_channels: usize,
+}
+
+/// An input of one or two parts.
+fn input_of<'a, T>(parts: &[&'a [T]]) -> conv::Input<'a, T> {
+    match parts {
+        [x] => conv::Input::One(x),
+        [up, skip] => conv::Input::Two(up, skip),
+        _ => unreachable!("conv3x3 takes one or two inputs"),
+    }
+}
+
 impl Conv3x3 {
-    fn run(
-        &self,
-        x: (&CpuStorage, &Layout),
-        w: (&CpuStorage, &Layout),
-        bias: Option<(&CpuStorage, &Layout)>,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (batch, channels, height, width) = x.1.shape().dims4()?;
-        let (out_channels, in_channels, kh, kw) = w.1.shape().dims4()?;
-        if in_channels != channels || (kh, kw) != (3, 3) {
+    fn new(weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Conv3x3> {
+        let (out_channels, in_channels, kh, kw) = weight.dims4()?;
+        if (kh, kw) != (3, 3) || bias.is_some_and(|b| b.dims() != [out_channels]) {
             candle_core::bail!(
-                "conv3x3: input has {channels} channels, weight is {:?}",
-                w.1.shape()
+                "conv3x3: weight {:?} and bias {:?} are not [Cout, Cin, 3, 3] and [Cout]",
+                weight.shape(),
+                bias.map(|b| b.shape())
             );
         }
-        let dims = conv::Dims {
+        Ok(Conv3x3 {
+            relu,
+            bias: bias.is_some(),
+            out_channels,
+            in_channels,
+        })
+    }
+
+    fn params(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let weight = weight.flatten_all()?;
+        match bias {
+            Some(bias) => Tensor::cat(&[&weight, bias], 0),
+            None => Ok(weight),
+        }
+    }
+
+    fn weight_len(&self) -> usize {
+        self.out_channels * self.in_channels * 9
+    }
+
+    fn dims(&self, parts: &[&Shape]) -> Result<conv::Dims> {
+        let (batch, _, height, width) = parts[0].dims4()?;
+        let mut channels = 0;
+        for shape in parts {
+            let (b, c, h, w) = shape.dims4()?;
+            if (b, h, w) != (batch, height, width) {
+                candle_core::bail!("conv3x3: inputs {:?} do not match in batch and size", parts);
+            }
+            channels += c;
+        }
+        if channels != self.in_channels {
+            candle_core::bail!(
+                "conv3x3: the input has {channels} channels, the weight takes {}",
+                self.in_channels
+            );
+        }
+        Ok(conv::Dims {
             batch,
             channels,
             height,
             width,
-        };
-        let shape = Shape::from((batch, out_channels, height, width));
+        })
+    }
+
+    fn run(
+        &self,
+        parts: &[(&CpuStorage, &Layout)],
+        params: (&CpuStorage, &Layout),
+    ) -> Result<(CpuStorage, Shape)> {
+        let shapes: Vec<&Shape> = parts.iter().map(|(_, l)| l.shape()).collect();
+        let dims = self.dims(&shapes)?;
+        let expected = self.weight_len() + if self.bias { self.out_channels } else { 0 };
+        if params.1.shape().elem_count() != expected {
+            candle_core::bail!("conv3x3: {expected} parameters expected");
+        }
         fn typed<T: candle_core::WithDType + conv::Real>(
-            relu: bool,
+            op: &Conv3x3,
             dims: conv::Dims,
-            out_channels: usize,
-            x: (&CpuStorage, &Layout),
-            w: (&CpuStorage, &Layout),
-            bias: Option<(&CpuStorage, &Layout)>,
+            parts: &[(&CpuStorage, &Layout)],
+            params: (&CpuStorage, &Layout),
         ) -> Result<CpuStorage> {
-            let bias = bias.map(|(s, l)| values::<T>(s, l)).transpose()?;
+            let inputs: Vec<&[T]> = parts
+                .iter()
+                .map(|(s, l)| values::<T>(s, l))
+                .collect::<Result<_>>()?;
+            let (weight, bias) = values::<T>(params.0, params.1)?.split_at(op.weight_len());
             let y = conv::forward(
-                values::<T>(x.0, x.1)?,
+                input_of(&inputs),
                 dims,
-                values::<T>(w.0, w.1)?,
-                out_channels,
-                bias,
-                relu,
+                weight,
+                op.out_channels,
+                op.bias.then_some(bias),
+                op.relu,
             );
             Ok(T::to_cpu_storage_owned(y))
         }
-        let storage = match x.0 {
-            CpuStorage::F32(_) => typed::<f32>(self.relu, dims, out_channels, x, w, bias)?,
-            CpuStorage::F64(_) => typed::<f64>(self.relu, dims, out_channels, x, w, bias)?,
+        let storage = match parts[0].0 {
+            CpuStorage::F32(_) => typed::<f32>(self, dims, parts, params)?,
+            CpuStorage::F64(_) => typed::<f64>(self, dims, parts, params)?,
             _ => candle_core::bail!("conv3x3: f32 or f64 tensors only"),
         };
-        Ok((storage, shape))
+        Ok((
+            storage,
+            Shape::from((dims.batch, self.out_channels, dims.height, dims.width)),
+        ))
     }
 
-    /// Gradients of x, the weight and the bias.
+    /// The gradient of each input that needs one (not of the network's input), and of the
+    /// parameter vector.
     fn gradients(
         &self,
-        x: &Tensor,
-        weight: &Tensor,
+        parts: &[&Tensor],
+        params: &Tensor,
         y: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (batch, channels, height, width) = x.dims4()?;
-        let (out_channels, _, _, _) = weight.dims4()?;
-        let dims = conv::Dims {
-            batch,
-            channels,
-            height,
-            width,
-        };
+    ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
+        let shapes: Vec<&Shape> = parts.iter().map(|t| t.shape()).collect();
+        let dims = self.dims(&shapes)?;
+        let (cout, cin) = (self.out_channels, self.in_channels);
         let out_dims = conv::Dims {
-            channels: out_channels,
+            channels: cout,
             ..dims
         };
         // The output gradient through the ReLU, with the bias gradient in the same pass.
         let relu = self.relu;
-        let shapes = [grad.shape().clone(), Shape::from(out_channels)];
+        let shapes = [grad.shape().clone(), Shape::from(cout)];
         let mut through = outputs(
             &[grad, y],
             &shapes,
@@ -416,20 +486,66 @@ impl Conv3x3 {
         )?;
         let bias_grad = through.pop().expect("two outputs");
         let grad = through.pop().expect("two outputs");
-        let flipped = from_values(
-            &[weight],
-            &Shape::from((channels, out_channels, 3, 3)),
-            |v| conv::flipped_transposed(v[0], out_channels, channels),
-            |v| conv::flipped_transposed(v[0], out_channels, channels),
-        )?;
+        let mut inputs = parts.to_vec();
+        inputs.push(&grad);
+        let n = parts.len();
         let grad_weight = from_values(
-            &[x, &grad],
-            weight.shape(),
-            |v| conv::weight_grad(v[0], dims, v[1], out_channels),
-            |v| conv::weight_grad(v[0], dims, v[1], out_channels),
+            &inputs,
+            &Shape::from(self.weight_len()),
+            |v| conv::weight_grad(input_of(&v[..n]), dims, v[n], cout),
+            |v| conv::weight_grad(input_of(&v[..n]), dims, v[n], cout),
         )?;
-        let grad_x = conv3x3(&grad, &flipped, None, false)?;
-        Ok((grad_x, grad_weight, bias_grad))
+        let params_grad = if self.bias {
+            Tensor::cat(&[grad_weight, bias_grad], 0)?
+        } else {
+            grad_weight
+        };
+        // Each input's gradient: the output gradient convolved with its rows of the flipped,
+        // transposed kernel `[Cin, Cout, 3, 3]`.
+        let weight_len = self.weight_len();
+        let flipped = from_values(
+            &[params],
+            &Shape::from((cin, cout, 3, 3)),
+            |v| conv::flipped_transposed(&v[0][..weight_len], cout, cin),
+            |v| conv::flipped_transposed(&v[0][..weight_len], cout, cin),
+        )?;
+        let mut input_grads = Vec::with_capacity(parts.len());
+        let mut first = 0;
+        for part in parts {
+            let channels = part.dim(1)?;
+            let rows = first * cout * 9..(first + channels) * cout * 9;
+            first += channels;
+            // The network's input needs none.
+            if !part.track_op() {
+                input_grads.push(None);
+                continue;
+            }
+            input_grads.push(Some(from_values(
+                &[&grad, &flipped],
+                part.shape(),
+                |v| {
+                    conv::forward(
+                        conv::Input::One(v[0]),
+                        out_dims,
+                        &v[1][rows.clone()],
+                        channels,
+                        None,
+                        false,
+                    )
+                },
+                |v| {
+                    conv::forward(
+                        conv::Input::One(v[0]),
+                        out_dims,
+                        &v[1][rows.clone()],
+                        channels,
+                        None,
+                        false,
+                    )
+                },
+            )?));
+        }
+        Ok((input_grads, params_grad))
     }
 }
 
@@ -440,52 +556,54 @@ impl CustomOp2 for Conv3x3 {
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
+        x: &CpuStorage,
+        lx: &Layout,
+        params: &CpuStorage,
+        lp: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), None)
+        self.run(&[(x, lx)], (params, lp))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        weight: &Tensor,
+        params: &Tensor,
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (grad_x, grad_weight, _) = self.gradients(x, weight, y, grad)?;
-        Ok((Some(grad_x), Some(grad_weight)))
+        let (mut input_grads, params_grad) = self.gradients(&[x], params, y, grad)?;
+        Ok((input_grads.remove(0), Some(params_grad)))
     }
 }
 
 impl CustomOp3 for Conv3x3 {
     fn name(&self) -> &'static str {
-        "conv3x3_bias"
+        "conv3x3_concat"
     }
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
+        up: &CpuStorage,
+        lu: &Layout,
+        skip: &CpuStorage,
+        ls: &Layout,
+        params: &CpuStorage,
+        lp: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+        self.run(&[(up, lu), (skip, ls)], (params, lp))
     }
 
     fn bwd(
         &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _bias: &Tensor,
+        up: &Tensor,
+        skip: &Tensor,
+        params: &Tensor,
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (grad_x, grad_weight, grad_bias) = self.gradients(x, weight, y, grad)?;
-        Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
+        let (input_grads, params_grad) = self.gradients(&[up, skip], params, y, grad)?;
+        let [up_grad, skip_grad]: [Option<Tensor>; 2] =
+            input_grads.try_into().expect("two inputs, two gradients");
+        Ok((up_grad, skip_grad, Some(params_grad)))
     }
 }

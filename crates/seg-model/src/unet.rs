@@ -6,7 +6,7 @@ use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Va
 
 use crate::config::{ModelConfig, Upsampling};
 use crate::norm::BatchNorm;
-use crate::ops::{conv3x3, conv3x3_composed, max_pool2x2, upsample_bilinear2x};
+use crate::ops::{conv3x3, conv3x3_composed, conv3x3_concat, max_pool2x2, upsample_bilinear2x};
 
 /// conv3x3 → (batch norm) → ReLU, twice. The convolutions are `step.0` and `step.2` as in the
 /// reference's `nn.Sequential(conv, ReLU, conv, ReLU)`.
@@ -41,34 +41,29 @@ impl DoubleConv {
         })
     }
 
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// The block on `inputs` concatenated along the channels (one tensor, or a decoder level's
+    /// upsampled map and skip connection).
+    pub fn forward_t(&self, inputs: &[&Tensor], train: bool) -> Result<Tensor> {
         let h = match &self.norm1 {
-            None => conv_relu(&self.conv1, x)?,
-            Some(norm) => norm.forward_t(&conv(&self.conv1, x)?, train, true)?,
+            None => conv(&self.conv1, inputs, true)?,
+            Some(norm) => norm.forward_t(&conv(&self.conv1, inputs, false)?, train, true)?,
         };
         match &self.norm2 {
-            None => conv_relu(&self.conv2, &h),
-            Some(norm) => norm.forward_t(&conv(&self.conv2, &h)?, train, true),
+            None => conv(&self.conv2, &[&h], true),
+            Some(norm) => norm.forward_t(&conv(&self.conv2, &[&h], false)?, train, true),
         }
     }
 }
 
-/// A 3x3 padded convolution with its bias: on CPU through [`conv3x3`], elsewhere
-/// [`conv3x3_composed`].
-fn conv(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
-    conv_maybe_relu(layer, x, false)
-}
-
-/// [`conv`] then ReLU, fused on CPU.
-fn conv_relu(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
-    conv_maybe_relu(layer, x, true)
-}
-
-fn conv_maybe_relu(layer: &Conv2d, x: &Tensor, relu: bool) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        conv3x3(x, layer.weight(), layer.bias(), relu)
-    } else {
-        conv3x3_composed(x, layer.weight(), layer.bias(), relu)
+/// A 3x3 padded convolution with its bias, then ReLU if `relu`, of `inputs` concatenated along
+/// the channels: on CPU one op ([`conv3x3`], [`conv3x3_concat`]: the concatenation is never
+/// made, ReLU is fused), elsewhere [`conv3x3_composed`].
+fn conv(layer: &Conv2d, inputs: &[&Tensor], relu: bool) -> Result<Tensor> {
+    let (weight, bias) = (layer.weight(), layer.bias());
+    match inputs {
+        [x] if x.device().is_cpu() => conv3x3(x, weight, bias, relu),
+        [up, skip] if up.device().is_cpu() => conv3x3_concat(up, skip, weight, bias, relu),
+        _ => conv3x3_composed(&Tensor::cat(inputs, 1)?, weight, bias, relu),
     }
 }
 
@@ -160,7 +155,7 @@ impl UNet {
         let mut skips = Vec::with_capacity(self.config.depth - 1);
         let mut h = x.clone();
         for (level, block) in self.encoder.iter().enumerate() {
-            h = block.forward_t(&h, train)?;
+            h = block.forward_t(&[&h], train)?;
             if level + 1 < self.encoder.len() {
                 skips.push(h.clone());
                 h = max_pool2x2(&h)?;
@@ -172,7 +167,7 @@ impl UNet {
                 Some(conv) => conv.forward(&h)?,
             };
             let skip = skips.pop().expect("one skip per decoder level");
-            h = block.forward_t(&Tensor::cat(&[up, skip], 1)?, train)?;
+            h = block.forward_t(&[&up, &skip], train)?;
         }
         self.head.forward(&h)
     }

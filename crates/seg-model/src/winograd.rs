@@ -11,7 +11,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::conv::{Buffers, Dims, Real, product, strided, with_scratch};
+use crate::conv::{Buffers, Dims, Input, Real, product, strided, with_scratch};
 
 /// Tiles per block (whole tile rows, at least one): wider products multiply faster, but the
 /// transformed input and output of a block should stay in the core's cache. 64 to 512 measured
@@ -41,14 +41,23 @@ fn transform_weight<T: Real>(weight: &[T], out_channels: usize, in_channels: usi
     u
 }
 
-/// Whether F(2x2, 3x3) pays for a convolution: the transforms cost per channel what the products
-/// save per channel pair, so few channels on either side do better as plain products (measured:
-/// from 16 on both sides it pays; 8 is no better than 16).
+/// Whether F(2x2, 3x3) pays for a convolution's forward pass. The transforms cost per channel
+/// what the products save per channel pair, and small images give short products: measured per
+/// layer shape (batch 8), it pays from 16 channels on both sides and 64K input values per image
+/// (0.95x the matrix-product time at 16 channels of 64², 0.52x at 16 of 128², 0.60–0.65x at 128
+/// to 512 channels of 32²), and loses below (1.03x at 128 channels of 16², 1.3–2.2x at 8²).
 pub fn pays(d: &Dims, out_channels: usize) -> bool {
     d.height.is_multiple_of(2)
         && d.width.is_multiple_of(2)
         && d.channels >= 16
         && out_channels >= 16
+        && d.channels * d.height * d.width >= 1 << 16
+}
+
+/// Whether F(2x2, 3x3) pays for a weight gradient: as for [`pays`], and images of at least
+/// 32² (its products run over the tiles of one image; 16² lost by 1.05–1.8x at any width).
+pub fn pays_for_weight_grad(d: &Dims, out_channels: usize) -> bool {
+    pays(d, out_channels) && d.height * d.width >= 1 << 10
 }
 
 /// A raw output pointer that blocks running in parallel share; each writes disjoint elements.
@@ -108,7 +117,7 @@ impl Blocks {
 /// y = conv3x3(x, weight) (+ bias) (then ReLU) as [`crate::conv::forward`], for even height and
 /// width.
 pub fn forward<T: Real>(
-    x: &[T],
+    x: Input<T>,
     d: Dims,
     weight: &[T],
     out_channels: usize,
@@ -125,7 +134,7 @@ pub fn forward<T: Real>(
         .for_each(|item| {
             let (image, block) = (item / blocks.count(), item % blocks.count());
             let (first, rows, tiles) = blocks.block(block);
-            let x = &x[image * d.image()..(image + 1) * d.image()];
+            let x = x.planes(&d, image);
             with_scratch(|[v, m, scratch, _]: &mut Buffers<T>| {
                 wide(
                     #[inline(always)]
@@ -173,8 +182,8 @@ pub fn forward<T: Real>(
 /// `[Cout, H, W]`. The gradient of the Winograd form: with M = U ⊙ V and Y = Aᵀ M A, dU =
 /// Σ_tiles (A dY Aᵀ) ⊙ V — 16 products `[Cout, tiles] x [tiles, Cin]` — and dg = Gᵀ dU G.
 #[allow(clippy::too_many_arguments)]
-pub fn weight_grad_image<T: Real>(
-    x: &[T],
+pub fn weight_grad_image<'a, T: Real>(
+    x: impl Iterator<Item = &'a [T]> + Clone,
     grad: &[T],
     d: &Dims,
     out_channels: usize,
@@ -189,7 +198,7 @@ pub fn weight_grad_image<T: Real>(
         let (first, rows, tiles) = blocks.block(block);
         wide(
             #[inline(always)]
-            || transform_input(x, d, first, rows, v, scratch),
+            || transform_input(x.clone(), d, first, rows, v, scratch),
         );
         wide(
             #[inline(always)]
@@ -370,8 +379,8 @@ fn transform_grad<T: Real>(
 /// `first..first + rows`, Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
 /// Window rows and columns outside the image are the zero padding.
 #[inline(always)]
-fn transform_input<T: Real>(
-    x: &[T],
+fn transform_input<'a, T: Real>(
+    planes: impl Iterator<Item = &'a [T]>,
     d: &Dims,
     first: usize,
     rows: usize,
@@ -388,10 +397,7 @@ fn transform_input<T: Real>(
     let (columns, rest) = scratch.split_at_mut(2 * (half + 1));
     let (combined, zeros) = rest.split_at_mut(w);
     let (even, odd) = columns.split_at_mut(half + 1);
-    for (plane, channel) in x
-        .chunks_exact(h * w)
-        .zip(v.chunks_exact_mut(POSITIONS * tiles))
-    {
+    for (plane, channel) in planes.zip(v.chunks_exact_mut(POSITIONS * tiles)) {
         let row = |r: isize| -> &[T] {
             if r < 0 || r >= h as isize {
                 zeros
@@ -548,8 +554,9 @@ mod tests {
             let weight = values(cout * cin * 9, 2);
             let bias = values(cout, 3);
             for (bias, relu) in [(None, false), (Some(&bias[..]), true)] {
-                let fast = forward(&x, d, &weight, cout, bias, relu);
-                let plain = crate::conv::shifted_forward(&x, d, &weight, cout, bias, relu);
+                let fast = forward(Input::One(&x), d, &weight, cout, bias, relu);
+                let plain =
+                    crate::conv::shifted_forward(Input::One(&x), d, &weight, cout, bias, relu);
                 for (i, (a, b)) in fast.iter().zip(&plain).enumerate() {
                     assert!((a - b).abs() < 1e-12, "{d:?} output {i}: {a} vs {b}");
                 }
@@ -561,9 +568,18 @@ mod tests {
                 .zip(grad.chunks_exact(cout * h * w))
             {
                 with_scratch(|buffers| {
-                    weight_grad_image(x, g, &d, cout, &mut fast, buffers, Parallelism::None);
+                    let planes = x.chunks_exact(h * w);
+                    weight_grad_image(
+                        planes.clone(),
+                        g,
+                        &d,
+                        cout,
+                        &mut fast,
+                        buffers,
+                        Parallelism::None,
+                    );
                     crate::conv::shifted_weight_grad_image(
-                        x,
+                        planes,
                         g,
                         &d,
                         cout,

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Optimizer;
 use ct_io::config::Section;
 use seg_model::ops::{
-    bce_with_logits, conv3x3, conv3x3_composed, max_pool2x2, upsample_bilinear2x,
+    bce_with_logits, conv3x3, conv3x3_composed, conv3x3_concat, max_pool2x2, upsample_bilinear2x,
 };
 use seg_model::{Model, ModelConfig, Upsampling, parse_device};
 
@@ -33,7 +33,8 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
 }
 
-/// Compares the autograd gradient of sum(op(x) * w) with central differences, in f64.
+/// Compares the autograd gradient of sum(op(x) * w) with central differences, in f64: at every
+/// element, or at 65 spread evenly over a large tensor (first and last included).
 fn check_gradient(op: impl Fn(&Tensor) -> candle_core::Result<Tensor>, x: Tensor) {
     let device = Device::Cpu;
     let x = Var::from_tensor(&x).unwrap();
@@ -57,7 +58,13 @@ fn check_gradient(op: impl Fn(&Tensor) -> candle_core::Result<Tensor>, x: Tensor
         .unwrap();
     let base: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
     let eps = 1e-6;
-    for i in 0..base.len() {
+    let n = base.len();
+    let probes: Vec<usize> = if n <= 2048 {
+        (0..n).collect()
+    } else {
+        (0..=64).map(|k| k * (n - 1) / 64).collect()
+    };
+    for i in probes {
         let mut plus = base.clone();
         plus[i] += eps;
         let mut minus = base.clone();
@@ -482,16 +489,16 @@ fn the_shipped_configs_have_valid_model_sections() {
 fn conv3x3_equals_candles_conv_with_exact_gradients_for_input_kernel_and_bias() {
     let device = Device::Cpu;
     // Few input channels (stacked shifts), many (accumulated shifted products), and many on
-    // both sides of an even-sized image (Winograd).
+    // both sides of an image large enough for Winograd, one image (products run in parallel).
     let last = seg_model::conv::Dims {
-        batch: 2,
+        batch: 1,
         channels: 16,
-        height: 4,
-        width: 6,
+        height: 64,
+        width: 64,
     };
-    assert!(seg_model::winograd::pays(&last, 17));
-    for (cin, cout, h, w) in [(3, 4, 5, 4), (33, 2, 5, 4), (16, 17, 4, 6)] {
-        let x = Tensor::randn(0f64, 1.0, (2, cin, h, w), &device).unwrap();
+    assert!(seg_model::winograd::pays_for_weight_grad(&last, 17));
+    for (batch, cin, cout, h, w) in [(2, 3, 4, 5, 4), (2, 33, 2, 5, 4), (1, 16, 17, 64, 64)] {
+        let x = Tensor::randn(0f64, 1.0, (batch, cin, h, w), &device).unwrap();
         let w = Tensor::randn(0f64, 0.3, (cout, cin, 3, 3), &device).unwrap();
         let b = Tensor::randn(0f64, 1.0, cout, &device).unwrap();
         let candle = x
@@ -516,6 +523,48 @@ fn conv3x3_equals_candles_conv_with_exact_gradients_for_input_kernel_and_bias() 
     let part = wide.narrow(1, 2, 3).unwrap();
     let expected = part.contiguous().unwrap().conv2d(&w, 1, 1, 1, 1).unwrap();
     assert!(max_abs_diff(&conv3x3(&part, &w, None, false).unwrap(), &expected) < 1e-4);
+}
+
+#[test]
+fn the_concatenating_convolution_equals_conv_of_the_concatenation_with_exact_gradients() {
+    let device = Device::Cpu;
+    // Few channels (shifted products) and many on both sides of a larger image (Winograd).
+    for (up_channels, skip_channels, cout, h, w) in [(2, 1, 3, 4, 2), (10, 6, 16, 64, 64)] {
+        let up = Tensor::randn(0f64, 1.0, (1, up_channels, h, w), &device).unwrap();
+        let skip = Tensor::randn(0f64, 1.0, (1, skip_channels, h, w), &device).unwrap();
+        let cin = up_channels + skip_channels;
+        let wt = Tensor::randn(0f64, 0.3, (cout, cin, 3, 3), &device).unwrap();
+        let b = Tensor::randn(0f64, 1.0, cout, &device).unwrap();
+        let joined = Tensor::cat(&[&up, &skip], 1).unwrap();
+        for relu in [false, true] {
+            let fused = conv3x3_concat(&up, &skip, &wt, Some(&b), relu).unwrap();
+            let plain = conv3x3(&joined, &wt, Some(&b), relu).unwrap();
+            assert_eq!(max_abs_diff(&fused, &plain), 0.0);
+            check_gradient(
+                |t| conv3x3_concat(t, &skip, &wt, Some(&b), relu),
+                up.clone(),
+            );
+            check_gradient(
+                |t| conv3x3_concat(&up, t, &wt, Some(&b), relu),
+                skip.clone(),
+            );
+            check_gradient(
+                |t| conv3x3_concat(&up, &skip, t, Some(&b), relu),
+                wt.clone(),
+            );
+            check_gradient(
+                |t| conv3x3_concat(&up, &skip, &wt, Some(t), relu),
+                b.clone(),
+            );
+        }
+    }
+    // Inputs that do not fit each other or the weight are errors, not panics.
+    let up = Tensor::zeros((1, 2, 4, 4), DType::F32, &device).unwrap();
+    let wt = Tensor::zeros((3, 3, 3, 3), DType::F32, &device).unwrap();
+    for skip in [(1, 1, 4, 2), (1, 2, 4, 4)] {
+        let skip = Tensor::zeros(skip, DType::F32, &device).unwrap();
+        assert!(conv3x3_concat(&up, &skip, &wt, None, false).is_err());
+    }
 }
 
 #[test]
