@@ -116,7 +116,7 @@ impl Blocks {
 
 /// y = conv3x3(x, weight) (+ bias) (then ReLU) as [`crate::conv::forward`], for even height and
 /// width.
-pub fn forward<T: Real>(
+pub(crate) fn forward<T: Real>(
     x: Input<T>,
     d: Dims,
     weight: &[T],
@@ -182,7 +182,7 @@ pub fn forward<T: Real>(
 /// `[Cout, H, W]`. The gradient of the Winograd form: with M = U ⊙ V and Y = Aᵀ M A, dU =
 /// Σ_tiles (A dY Aᵀ) ⊙ V — 16 products `[Cout, tiles] x [tiles, Cin]` — and dg = Gᵀ dU G.
 #[allow(clippy::too_many_arguments)]
-pub fn weight_grad_image<'a, T: Real>(
+pub(crate) fn weight_grad_image<'a, T: Real>(
     x: impl Iterator<Item = &'a [T]> + Clone,
     grad: &[T],
     d: &Dims,
