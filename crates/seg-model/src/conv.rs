@@ -423,30 +423,49 @@ pub(crate) fn shifted_weight_grad_image<'a, T: Real>(
     }
 }
 
-/// The output gradient before a fused ReLU (zero where the output `y` is not positive; `grad`
-/// itself without ReLU) and the bias gradient (its sum per channel) of a `[B, C, H, W]` output.
-pub fn output_grad<T: Real>(grad: &[T], y: &[T], d: Dims, relu: bool) -> (Vec<T>, Vec<T>) {
+/// The output gradient before a fused ReLU (zero where the output `y` is not positive) and the
+/// bias gradient (its sum per channel) of a `[B, C, H, W]` output, in one pass that writes each
+/// value once.
+pub fn relu_grad<T: Real>(grad: &[T], y: &[T], d: Dims) -> (Vec<T>, Vec<T>) {
     assert_eq!(grad.len(), d.batch * d.image());
+    assert_eq!(y.len(), grad.len());
     let plane = d.height * d.width;
-    let mut pre = grad.to_vec();
-    if relu {
-        pre.par_chunks_mut(plane)
-            .zip(y.par_chunks(plane))
-            .for_each(|(g, y)| {
-                for (g, y) in g.iter_mut().zip(y) {
-                    *g = if *y > T::default() { *g } else { T::default() };
-                }
-            });
+    let mut pre = Vec::with_capacity(grad.len());
+    let sums = pre.spare_capacity_mut()[..grad.len()]
+        .par_chunks_mut(plane)
+        .zip(grad.par_chunks(plane).zip(y.par_chunks(plane)))
+        .map(|(out, (g, y))| {
+            let mut sum = T::default();
+            for ((o, &g), &y) in out.iter_mut().zip(g).zip(y) {
+                let v = if y > T::default() { g } else { T::default() };
+                o.write(v);
+                sum += v;
+            }
+            sum
+        })
+        .collect();
+    // SAFETY: the planes cover all `grad.len()` elements, and each was written above.
+    unsafe { pre.set_len(grad.len()) };
+    (pre, per_channel(sums, d.channels))
+}
+
+/// The bias gradient of a `[B, C, H, W]` output: the output gradient summed per channel.
+pub fn bias_grad<T: Real>(grad: &[T], d: Dims) -> Vec<T> {
+    assert_eq!(grad.len(), d.batch * d.image());
+    let sums = grad
+        .par_chunks(d.height * d.width)
+        .map(|g| g.iter().fold(T::default(), |sum, &g| sum + g))
+        .collect();
+    per_channel(sums, d.channels)
+}
+
+/// Per-plane sums added up per channel, in image order (the same result on any thread count).
+fn per_channel<T: Real>(plane_sums: Vec<T>, channels: usize) -> Vec<T> {
+    let mut total = vec![T::default(); channels];
+    for (n, sum) in plane_sums.into_iter().enumerate() {
+        total[n % channels] += sum;
     }
-    let mut bias = vec![T::default(); d.channels];
-    for (n, plane_grad) in pre.chunks_exact(plane).enumerate() {
-        let mut sum = T::default();
-        for &g in plane_grad {
-            sum += g;
-        }
-        bias[n % d.channels] += sum;
-    }
-    (pre, bias)
+    total
 }
 
 /// The kernel that turns an output gradient into the input gradient: `weight` `[Cout, Cin, 3, 3]`

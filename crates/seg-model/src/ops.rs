@@ -470,22 +470,31 @@ impl Conv3x3 {
             ..dims
         };
         // The output gradient through the ReLU, with the bias gradient in the same pass.
-        let relu = self.relu;
-        let shapes = [grad.shape().clone(), Shape::from(cout)];
-        let mut through = outputs(
-            &[grad, y],
-            &shapes,
-            |v| {
-                let (pre, bias) = conv::output_grad(v[0], v[1], out_dims, relu);
-                vec![pre, bias]
-            },
-            |v| {
-                let (pre, bias) = conv::output_grad(v[0], v[1], out_dims, relu);
-                vec![pre, bias]
-            },
-        )?;
-        let bias_grad = through.pop().expect("two outputs");
-        let grad = through.pop().expect("two outputs");
+        let (grad, bias_grad) = if self.relu {
+            let shapes = [grad.shape().clone(), Shape::from(cout)];
+            let mut through = outputs(
+                &[grad, y],
+                &shapes,
+                |v| {
+                    let (pre, bias) = conv::relu_grad(v[0], v[1], out_dims);
+                    vec![pre, bias]
+                },
+                |v| {
+                    let (pre, bias) = conv::relu_grad(v[0], v[1], out_dims);
+                    vec![pre, bias]
+                },
+            )?;
+            let bias_grad = through.pop().expect("two outputs");
+            (through.pop().expect("two outputs"), bias_grad)
+        } else {
+            let bias_grad = from_values(
+                &[grad],
+                &Shape::from(cout),
+                |v| conv::bias_grad(v[0], out_dims),
+                |v| conv::bias_grad(v[0], out_dims),
+            )?;
+            (plain(grad)?, bias_grad)
+        };
         let mut inputs = parts.to_vec();
         inputs.push(&grad);
         let n = parts.len();
