@@ -488,7 +488,7 @@ pub fn flipped_transposed<T: Real>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The definition, in f64.
@@ -521,10 +521,12 @@ mod tests {
         y
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-1, 1).
+    pub(crate) fn values<T: Real>(n: usize, seed: u32) -> Vec<T> {
         (0..n)
             .map(|i| {
-                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
+                let k = (i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000;
+                T::from_f64(f64::from(k) / 500.0 - 1.0)
             })
             .collect()
     }

@@ -347,6 +347,25 @@ struct Conv3x3 {
     in_channels: usize,
 }
 
+/// The gradient of the input whose channels take `rows` of the flipped, transposed kernel: the
+/// output gradient (`out_dims`) convolved with them.
+fn input_grad<T: conv::Real>(
+    grad: &[T],
+    flipped: &[T],
+    out_dims: conv::Dims,
+    rows: std::ops::Range<usize>,
+    channels: usize,
+) -> Vec<T> {
+    conv::forward(
+        conv::Input::One(grad),
+        out_dims,
+        &flipped[rows],
+        channels,
+        None,
+        false,
+    )
+}
+
 /// An input of one or two parts.
 fn input_of<'a, T>(parts: &[&'a [T]]) -> conv::Input<'a, T> {
     match parts {
@@ -529,29 +548,12 @@ impl Conv3x3 {
                 input_grads.push(None);
                 continue;
             }
+            // v: the output gradient, the flipped kernel.
             input_grads.push(Some(from_values(
                 &[&grad, &flipped],
                 part.shape(),
-                |v| {
-                    conv::forward(
-                        conv::Input::One(v[0]),
-                        out_dims,
-                        &v[1][rows.clone()],
-                        channels,
-                        None,
-                        false,
-                    )
-                },
-                |v| {
-                    conv::forward(
-                        conv::Input::One(v[0]),
-                        out_dims,
-                        &v[1][rows.clone()],
-                        channels,
-                        None,
-                        false,
-                    )
-                },
+                |v| input_grad(v[0], v[1], out_dims, rows.clone(), channels),
+                |v| input_grad(v[0], v[1], out_dims, rows.clone(), channels),
             )?));
         }
         Ok((input_grads, params_grad))

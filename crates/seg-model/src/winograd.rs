@@ -276,16 +276,18 @@ fn deinterleave<T: Real>(row: &[T], even: &mut [T], odd: &mut [T]) {
 }
 
 /// The 16 rows of length `tiles` of one channel in a `[C][16][tiles]` block, each from tile
-/// row `tile_row` on (`per_row` tiles).
+/// row `tile_row` on (`per_row` tiles), by window row: `[i][j]` is position 4i + j.
 #[inline(always)]
 fn positions<T>(
     channel: &mut [T],
     tiles: usize,
     tile_row: usize,
     per_row: usize,
-) -> [&mut [T]; 16] {
-    let mut rows = channel.chunks_exact_mut(tiles);
-    std::array::from_fn(|_| &mut rows.next().expect("16 rows")[tile_row * per_row..][..per_row])
+) -> [[&mut [T]; 4]; 4] {
+    let mut rows = channel
+        .chunks_exact_mut(tiles)
+        .map(|row| &mut row[tile_row * per_row..][..per_row]);
+    std::array::from_fn(|_| std::array::from_fn(|_| rows.next().expect("16 rows")))
 }
 
 /// `g` = `[Cout][16][tiles]`: A dY Aᵀ of the 2x2 output gradient of every tile in tile rows
@@ -318,36 +320,10 @@ fn transform_grad<T: Real>(
             let r = 2 * (first + tr);
             deinterleave(&plane[r * w..][..w], a, b);
             deinterleave(&plane[(r + 1) * w..][..w], c, e);
-            let out = positions(channel, tiles, tr, half);
-            let [
-                o0,
-                o1,
-                o2,
-                o3,
-                o4,
-                o5,
-                o6,
-                o7,
-                o8,
-                o9,
-                o10,
-                o11,
-                o12,
-                o13,
-                o14,
-                o15,
-            ] = out;
             // Rows of A dY: (a, b), (a + c, b + e), (a - c, b - e), (-c, -e); then each row
             // (u, v) gives (u, u + v, u - v, -v).
-            for (i, [p0, p1, p2, p3]) in [
-                [o0, o1, o2, o3],
-                [o4, o5, o6, o7],
-                [o8, o9, o10, o11],
-                [o12, o13, o14, o15],
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            let rows = positions(channel, tiles, tr, half);
+            for (i, [p0, p1, p2, p3]) in rows.into_iter().enumerate() {
                 match i {
                     0 => {
                         u.copy_from_slice(a);
@@ -408,34 +384,8 @@ fn transform_input<'a, T: Real>(
         for tr in 0..rows {
             let top = 2 * (first + tr) as isize - 1;
             let [d0, d1, d2, d3] = [0, 1, 2, 3].map(|k| row(top + k));
-            let out = positions(channel, tiles, tr, half);
-            let [
-                o0,
-                o1,
-                o2,
-                o3,
-                o4,
-                o5,
-                o6,
-                o7,
-                o8,
-                o9,
-                o10,
-                o11,
-                o12,
-                o13,
-                o14,
-                o15,
-            ] = out;
-            for (i, [p0, p1, p2, p3]) in [
-                [o0, o1, o2, o3],
-                [o4, o5, o6, o7],
-                [o8, o9, o10, o11],
-                [o12, o13, o14, o15],
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            let rows = positions(channel, tiles, tr, half);
+            for (i, [p0, p1, p2, p3]) in rows.into_iter().enumerate() {
                 match i {
                     0 => lanes(combined, d0, d2, |a, b| a - b),
                     1 => lanes(combined, d1, d2, |a, b| a + b),
@@ -530,14 +480,7 @@ fn transform_output<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f64> {
-        (0..n)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f64 / 500.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::conv::tests::values;
 
     #[test]
     fn forward_and_weight_gradient_match_the_matrix_product_convolution() {
@@ -550,7 +493,7 @@ mod tests {
                 height: h,
                 width: w,
             };
-            let x = values(batch * cin * h * w, 1);
+            let x: Vec<f64> = values(batch * cin * h * w, 1);
             let weight = values(cout * cin * 9, 2);
             let bias = values(cout, 3);
             for (bias, relu) in [(None, false), (Some(&bias[..]), true)] {
