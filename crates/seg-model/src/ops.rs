@@ -209,7 +209,7 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// folded into the copy out of the product). CPU only (elsewhere [`conv3x3_composed`]).
 pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
     let op = Conv3x3::new(weight, bias, relu)?;
-    plain(x)?.apply_op2(&op.params(weight, bias)?, op)
+    plain(x)?.apply_op2(&Conv3x3::params(weight, bias)?, op)
 }
 
 /// [`conv3x3`] of the channel concatenation [`up`, `skip`] (a decoder level's input) without
@@ -224,7 +224,7 @@ pub fn conv3x3_concat(
     relu: bool,
 ) -> Result<Tensor> {
     let op = Conv3x3::new(weight, bias, relu)?;
-    plain(up)?.apply_op3(&plain(skip)?, &op.params(weight, bias)?, op)
+    plain(up)?.apply_op3(&plain(skip)?, &Conv3x3::params(weight, bias)?, op)
 }
 
 /// [`conv3x3`] for devices other than the CPU. candle's conv2d (cuDNN when built with it) gives the
@@ -393,7 +393,8 @@ impl Conv3x3 {
         })
     }
 
-    fn params(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    /// The op's parameter vector: the weight flattened, then the bias if any.
+    fn params(weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let weight = weight.flatten_all()?;
         match bias {
             Some(bias) => Tensor::cat(&[&weight, bias], 0),

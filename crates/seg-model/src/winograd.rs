@@ -140,7 +140,7 @@ pub(crate) fn forward<T: Real>(
                     #[inline(always)]
                     || transform_input(x, &d, first, rows, v, scratch),
                 );
-                grown(m, out_channels * POSITIONS * tiles);
+                let m = grown(m, out_channels * POSITIONS * tiles);
                 let (pairs, cin) = (out_channels * d.channels, d.channels);
                 for p in 0..POSITIONS {
                     // SAFETY: U_p is Cout x Cin inside `u`; V_p (rows 16·tiles apart) is Cin x tiles
@@ -159,19 +159,7 @@ pub(crate) fn forward<T: Real>(
                 let image_out = out.offset(image * out_image);
                 wide(
                     #[inline(always)]
-                    || {
-                        transform_output(
-                            m,
-                            &d,
-                            out_channels,
-                            first,
-                            rows,
-                            bias,
-                            relu,
-                            image_out,
-                            scratch,
-                        )
-                    },
+                    || transform_output(m, &d, first, rows, bias, relu, image_out, scratch),
                 );
             });
         });
@@ -181,7 +169,6 @@ pub(crate) fn forward<T: Real>(
 /// Adds to `acc` `[Cout, Cin, 3, 3]` the weight gradient of one image: x `[Cin, H, W]`, `grad`
 /// `[Cout, H, W]`. The gradient of the Winograd form: with M = U ⊙ V and Y = Aᵀ M A, dU =
 /// Σ_tiles (A dY Aᵀ) ⊙ V — 16 products `[Cout, tiles] x [tiles, Cin]` — and dg = Gᵀ dU G.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn weight_grad_image<'a, T: Real>(
     x: impl Iterator<Item = &'a [T]> + Clone,
     grad: &[T],
@@ -193,7 +180,7 @@ pub(crate) fn weight_grad_image<'a, T: Real>(
 ) {
     let blocks = Blocks::new(d);
     let (cin, pairs) = (d.channels, out_channels * d.channels);
-    grown(du, POSITIONS * pairs);
+    let du = grown(du, POSITIONS * pairs);
     for block in 0..blocks.count() {
         let (first, rows, tiles) = blocks.block(block);
         wide(
@@ -413,7 +400,6 @@ fn transform_input<'a, T: Real>(
 fn transform_output<T: Real>(
     m: &[T],
     d: &Dims,
-    out_channels: usize,
     first: usize,
     rows: usize,
     bias: Option<&[T]>,
@@ -427,11 +413,7 @@ fn transform_output<T: Real>(
     scratch.resize(10 * half, T::default());
     let (sums, pixels) = scratch.split_at_mut(8 * half);
     let (left, right) = pixels.split_at_mut(half);
-    for (co, channel) in m
-        .chunks_exact(POSITIONS * tiles)
-        .enumerate()
-        .take(out_channels)
-    {
+    for (co, channel) in m.chunks_exact(POSITIONS * tiles).enumerate() {
         let b = bias.map_or(T::default(), |b| b[co]);
         let finish = |v: T| {
             let v = v + b;
@@ -449,23 +431,23 @@ fn transform_output<T: Real>(
         };
         for tr in 0..rows {
             let at = |p: usize| &channel[p * tiles + tr * half..][..half];
-            // Aᵀ m: row 0 = m0j + m1j + m2j, row 1 = m1j - m2j - m3j, for columns j = 0..4.
-            for (j, sum) in sums.chunks_exact_mut(half).enumerate() {
-                let (k, j) = (j / 4, j % 4);
+            // Aᵀ along the window's columns: sums of its rows 0 and 1 for columns j = 0..4.
+            let (top, bottom) = sums.split_at_mut(4 * half);
+            for j in 0..4 {
                 let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
-                for (t, s) in sum.iter_mut().enumerate() {
-                    *s = if k == 0 {
-                        m0[t] + m1[t] + m2[t]
-                    } else {
-                        m1[t] - m2[t] - m3[t]
-                    };
+                let (s, e) = (
+                    &mut top[j * half..][..half],
+                    &mut bottom[j * half..][..half],
+                );
+                for t in 0..half {
+                    (s[t], e[t]) = a_transposed(m0[t], m1[t], m2[t], m3[t]);
                 }
             }
-            for (k, row_sums) in sums.chunks_exact(4 * half).enumerate() {
+            // Then along each row: output pixels 2t and 2t + 1.
+            for (k, row_sums) in [&*top, &*bottom].into_iter().enumerate() {
                 let [c0, c1, c2, c3] = [0, 1, 2, 3].map(|j| &row_sums[j * half..][..half]);
-                for (t, (l, r)) in left.iter_mut().zip(right.iter_mut()).enumerate() {
-                    *l = c0[t] + c1[t] + c2[t];
-                    *r = c1[t] - c2[t] - c3[t];
+                for t in 0..half {
+                    (left[t], right[t]) = a_transposed(c0[t], c1[t], c2[t], c3[t]);
                 }
                 let out = &mut block_rows[(2 * tr + k) * w..][..w];
                 for ((pair, &l), &r) in out.chunks_exact_mut(2).zip(&*left).zip(&*right) {
@@ -475,6 +457,12 @@ fn transform_output<T: Real>(
             }
         }
     }
+}
+
+/// Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]] applied to four values along one axis of the window.
+#[inline(always)]
+fn a_transposed<T: Real>(m0: T, m1: T, m2: T, m3: T) -> (T, T) {
+    (m0 + m1 + m2, m1 - m2 - m3)
 }
 
 #[cfg(test)]
