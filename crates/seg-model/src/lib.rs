@@ -12,6 +12,7 @@ pub mod memory;
 pub mod model;
 pub mod norm;
 pub mod ops;
+pub mod pointwise;
 pub mod resample;
 pub mod unet;
 pub mod winograd;

@@ -15,7 +15,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::{conv, resample};
+use crate::{conv, pointwise, resample};
 
 /// 2x2 max pooling with stride 2 of `[B, C, H, W]` (H and W even). On CPU one kernel each way
 /// ([`crate::resample`]); elsewhere a reshape and two `max` reductions, whose backward routes the
@@ -225,6 +225,131 @@ pub fn conv3x3_concat(
 ) -> Result<Tensor> {
     let op = Conv3x3::new(weight, bias, relu)?;
     plain(up)?.apply_op3(&plain(skip)?, &Conv3x3::params(weight, bias)?, op)
+}
+
+/// A 1x1 convolution of `x` `[B, Cin, H, W]` with `weight` `[Cout, Cin, 1, 1]` plus `bias`
+/// `[Cout]` (the U-Net's head): on CPU one op each way through [`crate::pointwise`], elsewhere
+/// candle's conv2d.
+pub fn conv1x1(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (out_channels, in_channels, kh, kw) = weight.dims4()?;
+    let (_, channels, _, _) = x.dims4()?;
+    if (kh, kw) != (1, 1) || bias.dims() != [out_channels] || channels != in_channels {
+        candle_core::bail!(
+            "conv1x1: input {:?}, weight {:?} and bias {:?} are not [B, Cin, H, W], [Cout, Cin, 1, 1] and [Cout]",
+            x.shape(),
+            weight.shape(),
+            bias.shape()
+        );
+    }
+    if !x.device().is_cpu() {
+        return x.conv2d(weight, 0, 1, 1, 1)?.broadcast_add(&bias.reshape((
+            1,
+            out_channels,
+            1,
+            1,
+        ))?);
+    }
+    plain(x)?.apply_op3(&plain(weight)?, &plain(bias)?, Conv1x1)
+}
+
+struct Conv1x1;
+
+impl CustomOp3 for Conv1x1 {
+    fn name(&self) -> &'static str {
+        "conv1x1"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        weight: &CpuStorage,
+        lw: &Layout,
+        bias: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, channels, height, width) = lx.shape().dims4()?;
+        let out_channels = lb.shape().elem_count();
+        fn typed<T: candle_core::WithDType + conv::Real>(
+            [x, weight, bias]: [(&CpuStorage, &Layout); 3],
+            channels: usize,
+            plane: usize,
+        ) -> Result<CpuStorage> {
+            let y = pointwise::mix(
+                values::<T>(x.0, x.1)?,
+                values::<T>(weight.0, weight.1)?,
+                Some(values::<T>(bias.0, bias.1)?),
+                channels,
+                plane,
+            );
+            Ok(T::to_cpu_storage_owned(y))
+        }
+        let args = [(x, lx), (weight, lw), (bias, lb)];
+        let storage = match x {
+            CpuStorage::F32(_) => typed::<f32>(args, channels, height * width)?,
+            CpuStorage::F64(_) => typed::<f64>(args, channels, height * width)?,
+            _ => candle_core::bail!("conv1x1: f32 or f64 tensors only"),
+        };
+        Ok((storage, Shape::from((batch, out_channels, height, width))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (batch, channels, height, width) = x.dims4()?;
+        let out_channels = bias.elem_count();
+        let plane = height * width;
+        let grad_x = if x.track_op() {
+            Some(from_values(
+                &[grad, weight],
+                x.shape(),
+                |v| {
+                    pointwise::mix(
+                        v[0],
+                        &pointwise::transposed(v[1], out_channels),
+                        None,
+                        out_channels,
+                        plane,
+                    )
+                },
+                |v| {
+                    pointwise::mix(
+                        v[0],
+                        &pointwise::transposed(v[1], out_channels),
+                        None,
+                        out_channels,
+                        plane,
+                    )
+                },
+            )?)
+        } else {
+            None
+        };
+        let grad_weight = from_values(
+            &[x, grad],
+            weight.shape(),
+            |v| pointwise::weight_grad(v[0], v[1], channels, plane),
+            |v| pointwise::weight_grad(v[0], v[1], channels, plane),
+        )?;
+        let out_dims = conv::Dims {
+            batch,
+            channels: out_channels,
+            height,
+            width,
+        };
+        let grad_bias = from_values(
+            &[grad],
+            bias.shape(),
+            |v| conv::bias_grad(v[0], out_dims),
+            |v| conv::bias_grad(v[0], out_dims),
+        )?;
+        Ok((grad_x, Some(grad_weight), Some(grad_bias)))
+    }
 }
 
 /// [`conv3x3`] for devices other than the CPU. candle's conv2d (cuDNN when built with it) gives the

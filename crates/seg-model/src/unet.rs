@@ -6,7 +6,9 @@ use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Va
 
 use crate::config::{ModelConfig, Upsampling};
 use crate::norm::BatchNorm;
-use crate::ops::{conv3x3, conv3x3_composed, conv3x3_concat, max_pool2x2, upsample_bilinear2x};
+use crate::ops::{
+    conv1x1, conv3x3, conv3x3_composed, conv3x3_concat, max_pool2x2, upsample_bilinear2x,
+};
 
 /// conv3x3 → (batch norm) → ReLU, twice. The convolutions are `step.0` and `step.2` as in the
 /// reference's `nn.Sequential(conv, ReLU, conv, ReLU)`.
@@ -169,7 +171,10 @@ impl UNet {
             let skip = skips.pop().expect("one skip per decoder level");
             h = block.forward_t(&[&up, &skip], train)?;
         }
-        self.head.forward(&h)
+        match self.head.bias() {
+            Some(bias) => conv1x1(&h, self.head.weight(), bias),
+            None => self.head.forward(&h),
+        }
     }
 }
 

@@ -8,7 +8,8 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Optimizer;
 use ct_io::config::Section;
 use seg_model::ops::{
-    bce_with_logits, conv3x3, conv3x3_composed, conv3x3_concat, max_pool2x2, upsample_bilinear2x,
+    bce_with_logits, conv1x1, conv3x3, conv3x3_composed, conv3x3_concat, max_pool2x2,
+    upsample_bilinear2x,
 };
 use seg_model::{Model, ModelConfig, Upsampling, parse_device};
 
@@ -109,8 +110,13 @@ fn max_pool_routes_the_whole_gradient_to_each_maximum() {
 
 #[test]
 fn bilinear_upsampling_has_exact_gradients_and_matches_pytorch() {
-    let x = Tensor::randn(0f64, 1.0, (1, 2, 3, 5), &Device::Cpu).unwrap();
-    check_gradient(upsample_bilinear2x, x);
+    // Odd sizes, and a single row or column (both neighbours are the edge).
+    for shape in [(1, 2, 3, 5), (2, 1, 1, 4), (1, 2, 4, 1)] {
+        check_gradient(
+            upsample_bilinear2x,
+            Tensor::randn(0f64, 1.0, shape, &Device::Cpu).unwrap(),
+        );
+    }
     let io = candle_core::safetensors::load(fixture("io.safetensors"), &Device::Cpu).unwrap();
     let ours = upsample_bilinear2x(&io["upsample_input"]).unwrap();
     assert_eq!(ours.dims(), [1, 2, 6, 10]);
@@ -523,6 +529,30 @@ fn conv3x3_equals_candles_conv_with_exact_gradients_for_input_kernel_and_bias() 
     let part = wide.narrow(1, 2, 3).unwrap();
     let expected = part.contiguous().unwrap().conv2d(&w, 1, 1, 1, 1).unwrap();
     assert!(max_abs_diff(&conv3x3(&part, &w, None, false).unwrap(), &expected) < 1e-4);
+}
+
+#[test]
+fn the_head_convolution_equals_candles_with_exact_gradients() {
+    let device = Device::Cpu;
+    for (batch, cin, cout, h, w) in [(2, 3, 1, 5, 4), (1, 16, 2, 8, 8)] {
+        let x = Tensor::randn(0f64, 1.0, (batch, cin, h, w), &device).unwrap();
+        let w = Tensor::randn(0f64, 0.3, (cout, cin, 1, 1), &device).unwrap();
+        let b = Tensor::randn(0f64, 1.0, cout, &device).unwrap();
+        let candle = x
+            .conv2d(&w, 0, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, cout, 1, 1)).unwrap())
+            .unwrap();
+        assert!(max_abs_diff(&conv1x1(&x, &w, &b).unwrap(), &candle) < 1e-12);
+        check_gradient(|t| conv1x1(t, &w, &b), x.clone());
+        check_gradient(|t| conv1x1(&x, t, &b), w.clone());
+        check_gradient(|t| conv1x1(&x, &w, t), b.clone());
+    }
+    let bad = Tensor::zeros((1, 4, 1, 1), DType::F32, &device).unwrap();
+    let x = Tensor::zeros((1, 3, 2, 2), DType::F32, &device).unwrap();
+    let b = Tensor::zeros(1, DType::F32, &device).unwrap();
+    let err = conv1x1(&x, &bad, &b).unwrap_err().to_string();
+    assert!(err.contains("conv1x1"), "{err}");
 }
 
 #[test]
