@@ -11,7 +11,7 @@
 //!   stable form max(x, 0) − x·t + log(1 + exp(−|x|)).
 //! - `conv2d` on CPU gathers im2col element by element and computes the input gradient with a
 //!   plain-loop transposed convolution: here 3x3 convolutions are [`crate::conv`]'s matrix
-//!   products, bias and ReLU folded in.
+//!   products, bias and ReLU folded in, and the 1x1 head is [`crate::pointwise`]'s channel mix.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -268,26 +268,24 @@ impl CustomOp3 for Conv1x1 {
         bias: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, channels, height, width) = lx.shape().dims4()?;
+        let (batch, _, height, width) = lx.shape().dims4()?;
         let out_channels = lb.shape().elem_count();
         fn typed<T: candle_core::WithDType + conv::Real>(
             [x, weight, bias]: [(&CpuStorage, &Layout); 3],
-            channels: usize,
             plane: usize,
         ) -> Result<CpuStorage> {
-            let y = pointwise::mix(
+            let y = pointwise::forward(
                 values::<T>(x.0, x.1)?,
                 values::<T>(weight.0, weight.1)?,
-                Some(values::<T>(bias.0, bias.1)?),
-                channels,
+                values::<T>(bias.0, bias.1)?,
                 plane,
             );
             Ok(T::to_cpu_storage_owned(y))
         }
         let args = [(x, lx), (weight, lw), (bias, lb)];
         let storage = match x {
-            CpuStorage::F32(_) => typed::<f32>(args, channels, height * width)?,
-            CpuStorage::F64(_) => typed::<f64>(args, channels, height * width)?,
+            CpuStorage::F32(_) => typed::<f32>(args, height * width)?,
+            CpuStorage::F64(_) => typed::<f64>(args, height * width)?,
             _ => candle_core::bail!("conv1x1: f32 or f64 tensors only"),
         };
         Ok((storage, Shape::from((batch, out_channels, height, width))))
@@ -308,24 +306,8 @@ impl CustomOp3 for Conv1x1 {
             Some(from_values(
                 &[grad, weight],
                 x.shape(),
-                |v| {
-                    pointwise::mix(
-                        v[0],
-                        &pointwise::transposed(v[1], out_channels),
-                        None,
-                        out_channels,
-                        plane,
-                    )
-                },
-                |v| {
-                    pointwise::mix(
-                        v[0],
-                        &pointwise::transposed(v[1], out_channels),
-                        None,
-                        out_channels,
-                        plane,
-                    )
-                },
+                |v| pointwise::input_grad(v[0], v[1], out_channels, plane),
+                |v| pointwise::input_grad(v[0], v[1], out_channels, plane),
             )?)
         } else {
             None

@@ -6,9 +6,24 @@ use rayon::prelude::*;
 
 use crate::conv::Real;
 
-/// Channel planes of `plane` pixels mixed by a `[dst][src]` matrix: `y[b, o] = bias[o] +
-/// Σ_i matrix[o, i] · x[b, i]`. Output planes run in parallel, each summed in channel order.
-pub fn mix<T: Real>(
+/// y = conv1x1(x, weight) + bias: x `[B, Cin, H, W]`, weight `[Cout, Cin]`, returns
+/// `[B, Cout, H, W]`.
+pub fn forward<T: Real>(x: &[T], weight: &[T], bias: &[T], plane: usize) -> Vec<T> {
+    mix(x, weight, Some(bias), weight.len() / bias.len(), plane)
+}
+
+/// The input gradient `[B, Cin, H, W]` of [`forward`] from the output gradient `[B, Cout, H, W]`.
+pub fn input_grad<T: Real>(grad: &[T], weight: &[T], out_channels: usize, plane: usize) -> Vec<T> {
+    let in_channels = weight.len() / out_channels;
+    let transposed: Vec<T> = (0..weight.len())
+        .map(|n| weight[(n % out_channels) * in_channels + n / out_channels])
+        .collect();
+    mix(grad, &transposed, None, out_channels, plane)
+}
+
+/// Channel planes mixed by a `[dst][src]` matrix: `y[b, o] = bias[o] + Σ_i matrix[o, i] ·
+/// x[b, i]`. Output planes run in parallel, each summed in channel order.
+fn mix<T: Real>(
     x: &[T],
     matrix: &[T],
     bias: Option<&[T]>,
@@ -34,15 +49,7 @@ pub fn mix<T: Real>(
     y
 }
 
-/// `[rows, cols]` → `[cols, rows]`: the matrix that takes an output gradient back to the input.
-pub fn transposed<T: Real>(matrix: &[T], rows: usize) -> Vec<T> {
-    let cols = matrix.len() / rows;
-    (0..cols * rows)
-        .map(|n| matrix[(n % rows) * cols + n / rows])
-        .collect()
-}
-
-/// The weight gradient `[Cout, Cin]` of [`mix`]: Σ over images and pixels of `grad[b, o] ·
+/// The weight gradient `[Cout, Cin]` of [`forward`]: Σ over images and pixels of `grad[b, o] ·
 /// x[b, i]`, one partial per image summed in image order (the same on any thread count).
 pub fn weight_grad<T: Real>(x: &[T], grad: &[T], in_channels: usize, plane: usize) -> Vec<T> {
     let batch = x.len() / (in_channels * plane);
@@ -93,8 +100,8 @@ mod tests {
         let w: Vec<f64> = values(cout * cin, 2);
         let bias: Vec<f64> = values(cout, 3);
         let g: Vec<f64> = values(batch * cout * plane, 4);
-        let y = mix(&x, &w, Some(&bias), cin, plane);
-        let gx = mix(&g, &transposed(&w, cout), None, cout, plane);
+        let y = forward(&x, &w, &bias, plane);
+        let gx = input_grad(&g, &w, cout, plane);
         let gw = weight_grad(&x, &g, cin, plane);
         let mut expected_gw = vec![0f64; cout * cin];
         for b in 0..batch {
