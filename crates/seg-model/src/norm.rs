@@ -21,22 +21,55 @@ pub fn channel_stats<T: Real + Into<f64>>(
     channels: usize,
     plane: usize,
 ) -> Vec<(f64, f64)> {
-    (0..channels)
-        .into_par_iter()
-        .map(|c| {
-            let (mut sum, mut squares) = (0f64, 0f64);
-            for b in 0..batch {
-                for &v in &x[(b * channels + c) * plane..][..plane] {
-                    let v: f64 = v.into();
-                    sum += v;
-                    squares += v * v;
-                }
-            }
-            let n = (batch * plane) as f64;
+    let sums: Vec<(f64, f64)> = x
+        .par_chunks(plane)
+        .map(|x| lane_sums(x, x, |_, x| x))
+        .collect();
+    let n = (batch * plane) as f64;
+    per_channel(&sums, channels)
+        .into_iter()
+        .map(|(sum, squares)| {
             let mean = sum / n;
             (mean, (squares / n - mean * mean).max(0.0))
         })
         .collect()
+}
+
+/// (Σ v, Σ v·x) over a plane with v = `value`(a, x), in f64 and eight interleaved partial sums
+/// (so the loop vectorises), added up in a fixed order.
+#[inline(always)]
+fn lane_sums<T: Real + Into<f64>>(a: &[T], x: &[T], value: impl Fn(T, T) -> T) -> (f64, f64) {
+    let (mut sums, mut products) = ([0f64; 8], [0f64; 8]);
+    let (a8, x8) = (a.chunks_exact(8), x.chunks_exact(8));
+    let (mut sum, mut product) = (0f64, 0f64);
+    for (&a, &x) in a8.remainder().iter().zip(x8.remainder()) {
+        let v: f64 = value(a, x).into();
+        sum += v;
+        product += v * x.into();
+    }
+    for (a, x) in a8.zip(x8) {
+        for k in 0..8 {
+            let v: f64 = value(a[k], x[k]).into();
+            sums[k] += v;
+            products[k] += v * x[k].into();
+        }
+    }
+    for k in 0..8 {
+        sum += sums[k];
+        product += products[k];
+    }
+    (sum, product)
+}
+
+/// Per-plane pairs of sums (`[B, C]` order) added up per channel in image order: the same
+/// result on any thread count.
+fn per_channel(planes: &[(f64, f64)], channels: usize) -> Vec<(f64, f64)> {
+    let mut total = vec![(0f64, 0f64); channels];
+    for (n, (a, b)) in planes.iter().enumerate() {
+        total[n % channels].0 += a;
+        total[n % channels].1 += b;
+    }
+    total
 }
 
 /// y = γ (x − mean) · inv_std + β, then ReLU if asked, per channel.
@@ -78,7 +111,9 @@ impl Normalise {
         y
     }
 
-    /// Gradients of x, γ and β from the output gradient (`y` masks the ReLU).
+    /// Gradients of x, γ and β from the output gradient (`y` masks the ReLU). With g the
+    /// gradient through the ReLU and x̂ = (x − mean)·inv_std: dβ = Σ g, dγ = Σ g·x̂, and with
+    /// batch statistics dx = γ·inv_std·(g − Σg/n − x̂·Σg·x̂/n), per element a·g + b·x + c.
     fn backward<T: Real + Into<f64>>(
         &self,
         x: &[T],
@@ -88,51 +123,55 @@ impl Normalise {
         dims: (usize, usize, usize),
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (batch, channels, plane) = dims;
-        let through = |i: usize| -> f64 {
-            if !self.relu || y[i] > T::default() {
-                grad[i].into()
+        let relu = self.relu;
+        let through = move |g: T, y: T| {
+            if !relu || y > T::default() {
+                g
             } else {
-                0.0
+                T::default()
             }
         };
-        // Σ g and Σ g·x̂ per channel.
-        let sums: Vec<(f64, f64)> = (0..channels)
-            .into_par_iter()
-            .map(|c| {
-                let (mut g_sum, mut gx_sum) = (0f64, 0f64);
-                for b in 0..batch {
-                    let start = (b * channels + c) * plane;
-                    for (i, &xi) in (start..).zip(&x[start..start + plane]) {
-                        let g = through(i);
-                        let xhat = (xi.into() - self.mean[c]) * self.inv_std[c];
-                        g_sum += g;
-                        gx_sum += g * xhat;
-                    }
-                }
-                (g_sum, gx_sum)
+        // Σ g and Σ g·x per plane, then per channel.
+        let plane_sums: Vec<(f64, f64)> = grad
+            .par_chunks(plane)
+            .zip(y.par_chunks(plane))
+            .zip(x.par_chunks(plane))
+            .map(|((g, y), x)| {
+                let masked: Vec<T> = g.iter().zip(y).map(|(&g, &y)| through(g, y)).collect();
+                lane_sums(&masked, x, |g, _| g)
             })
             .collect();
         let n = (batch * plane) as f64;
-        let mut gx = vec![T::default(); x.len()];
-        gx.par_chunks_mut(plane).enumerate().for_each(|(k, out)| {
-            let c = k % channels;
-            let gamma_c: f64 = gamma[c].into();
-            let (g_sum, gx_sum) = sums[c];
-            let start = k * plane;
-            for (j, o) in out.iter_mut().enumerate() {
-                let i = start + j;
-                let g = through(i);
-                let v = if self.batch_stats {
-                    let xhat = (x[i].into() - self.mean[c]) * self.inv_std[c];
-                    gamma_c * self.inv_std[c] * (g - g_sum / n - xhat * gx_sum / n)
+        // Per channel: Σ g, Σ g·x̂, and the coefficients of dx.
+        let channel: Vec<(f64, f64, [T; 3])> = per_channel(&plane_sums, channels)
+            .into_iter()
+            .enumerate()
+            .map(|(c, (g_sum, gx_sum))| {
+                let (mean, inv_std) = (self.mean[c], self.inv_std[c]);
+                let xhat_sum = inv_std * (gx_sum - mean * g_sum);
+                let a = gamma[c].into() * inv_std;
+                let (b, c0) = if self.batch_stats {
+                    let b = -a * inv_std * xhat_sum / n;
+                    (b, -a * g_sum / n - b * mean)
                 } else {
-                    gamma_c * self.inv_std[c] * g
+                    (0.0, 0.0)
                 };
-                *o = T::from_f64(v);
-            }
-        });
-        let ggamma = sums.iter().map(|s| T::from_f64(s.1)).collect();
-        let gbeta = sums.iter().map(|s| T::from_f64(s.0)).collect();
+                (g_sum, xhat_sum, [a, b, c0].map(T::from_f64))
+            })
+            .collect();
+        let mut gx = vec![T::default(); x.len()];
+        gx.par_chunks_mut(plane)
+            .zip(grad.par_chunks(plane).zip(y.par_chunks(plane)))
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each(|(k, ((out, (g, y)), x))| {
+                let [a, b, c0] = channel[k % channels].2;
+                for (((o, &g), &y), &x) in out.iter_mut().zip(g).zip(y).zip(x) {
+                    *o = a * through(g, y) + b * x + c0;
+                }
+            });
+        let ggamma = channel.iter().map(|c| T::from_f64(c.1)).collect();
+        let gbeta = channel.iter().map(|c| T::from_f64(c.0)).collect();
         (gx, ggamma, gbeta)
     }
 }
