@@ -124,21 +124,21 @@ impl Normalise {
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (batch, channels, plane) = dims;
         let relu = self.relu;
-        let through = move |g: T, y: T| {
-            if !relu || y > T::default() {
-                g
-            } else {
-                T::default()
-            }
-        };
-        // Σ g and Σ g·x per plane, then per channel.
-        let plane_sums: Vec<(f64, f64)> = grad
-            .par_chunks(plane)
-            .zip(y.par_chunks(plane))
+        // gx first holds g, the gradient through the ReLU; Σ g and Σ g·x per plane.
+        let mut gx = vec![T::default(); x.len()];
+        let plane_sums: Vec<(f64, f64)> = gx
+            .par_chunks_mut(plane)
+            .zip(grad.par_chunks(plane).zip(y.par_chunks(plane)))
             .zip(x.par_chunks(plane))
-            .map(|((g, y), x)| {
-                let masked: Vec<T> = g.iter().zip(y).map(|(&g, &y)| through(g, y)).collect();
-                lane_sums(&masked, x, |g, _| g)
+            .map(|((out, (g, y)), x)| {
+                if relu {
+                    for ((o, &g), &y) in out.iter_mut().zip(g).zip(y) {
+                        *o = if y > T::default() { g } else { T::default() };
+                    }
+                } else {
+                    out.copy_from_slice(g);
+                }
+                lane_sums(out, x, |g, _| g)
             })
             .collect();
         let n = (batch * plane) as f64;
@@ -159,15 +159,13 @@ impl Normalise {
                 (g_sum, xhat_sum, [a, b, c0].map(T::from_f64))
             })
             .collect();
-        let mut gx = vec![T::default(); x.len()];
         gx.par_chunks_mut(plane)
-            .zip(grad.par_chunks(plane).zip(y.par_chunks(plane)))
             .zip(x.par_chunks(plane))
             .enumerate()
-            .for_each(|(k, ((out, (g, y)), x))| {
+            .for_each(|(k, (out, x))| {
                 let [a, b, c0] = channel[k % channels].2;
-                for (((o, &g), &y), &x) in out.iter_mut().zip(g).zip(y).zip(x) {
-                    *o = a * through(g, y) + b * x + c0;
+                for (o, &x) in out.iter_mut().zip(x) {
+                    *o = a * *o + b * x + c0;
                 }
             });
         let ggamma = channel.iter().map(|c| T::from_f64(c.1)).collect();
