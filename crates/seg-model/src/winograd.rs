@@ -51,21 +51,30 @@ fn transform_weight<T: Real>(weight: &[T], out_channels: usize, in_channels: usi
 
 /// Whether F(2x2, 3x3) pays for a convolution's forward pass. The transforms cost per channel
 /// what the products save per channel pair, and small images give short products: measured per
-/// layer shape (batch 8), it pays from 16 channels on both sides and 64K input values per image
-/// (0.95x the matrix-product time at 16 channels of 64², 0.52x at 16 of 128², 0.60–0.65x at 128
-/// to 512 channels of 32²), and loses below (1.03x at 128 channels of 16², 1.3–2.2x at 8²).
+/// layer shape (batch 8, the products of few channels on our own kernel), it pays from 16
+/// channels on both sides, 16² images and 32K input values per image (0.85x the matrix-product
+/// time at 32 channels of 32², 0.75–0.8x at 128–192 channels of 16² and 32–96 of 32²), is about
+/// even at 16K (16 to 32 channels of 32², 64 of 16²: 0.9–1.2x from run to run) and loses on 8²
+/// images (1.15–1.7x).
 pub fn pays(d: &Dims, out_channels: usize) -> bool {
+    even_and_wide(d, out_channels)
+        && d.height * d.width >= 1 << 8
+        && d.channels * d.height * d.width >= 1 << 15
+}
+
+/// Whether F(2x2, 3x3) pays for a weight gradient: from 16 channels on both sides and 32²
+/// images (its products run over the tiles of one image: 0.85x the matrix-product time at 32
+/// channels of 32², but 1.2–2.3x on 16² and 8² images at any width).
+pub fn pays_for_weight_grad(d: &Dims, out_channels: usize) -> bool {
+    even_and_wide(d, out_channels) && d.height * d.width >= 1 << 10
+}
+
+/// Even height and width (whole 2x2 tiles) and 16 channels or more on both sides.
+fn even_and_wide(d: &Dims, out_channels: usize) -> bool {
     d.height.is_multiple_of(2)
         && d.width.is_multiple_of(2)
         && d.channels >= 16
         && out_channels >= 16
-        && d.channels * d.height * d.width >= 1 << 16
-}
-
-/// Whether F(2x2, 3x3) pays for a weight gradient: as for [`pays`], and images of at least
-/// 32² (its products run over the tiles of one image; 16² lost by 1.05–1.8x at any width).
-pub fn pays_for_weight_grad(d: &Dims, out_channels: usize) -> bool {
-    pays(d, out_channels) && d.height * d.width >= 1 << 10
 }
 
 /// A raw output pointer that blocks running in parallel share; each writes disjoint elements.
