@@ -628,8 +628,17 @@ fn gemm_ceiling() -> f64 {
 }
 
 /// Training-step and forward times of the reference U-Net at `width`, `size`, batch 8, on
-/// `device` (medians of `steps` after one warm-up).
+/// `device` (medians of `steps` after one warm-up), run on a worker thread as training runs.
 pub(crate) fn measure_model(
+    width: usize,
+    size: usize,
+    steps: usize,
+    device: &candle_core::Device,
+) -> anyhow::Result<serde_json::Value> {
+    seg_model::threads::on_worker(|| measure_model_here(width, size, steps, device))
+}
+
+fn measure_model_here(
     width: usize,
     size: usize,
     steps: usize,

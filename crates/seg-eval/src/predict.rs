@@ -113,6 +113,11 @@ impl Predictor {
 
     /// Predicts the mask of `volume` (`source` names it in messages).
     pub fn predict(&self, volume: &Volume, source: &Path) -> anyhow::Result<Prediction> {
+        seg_model::threads::on_worker(|| self.predict_here(volume, source))
+    }
+
+    /// [`Predictor::predict`] on the calling thread.
+    fn predict_here(&self, volume: &Volume, source: &Path) -> anyhow::Result<Prediction> {
         let geometry = &volume.geometry;
         let reorientation = Reorientation::to_canonical(geometry);
         let canonical_geometry = reorientation.canonical_geometry(geometry);

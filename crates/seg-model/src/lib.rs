@@ -14,6 +14,7 @@ pub mod norm;
 pub mod ops;
 pub mod pointwise;
 pub mod resample;
+pub mod threads;
 pub mod unet;
 pub mod winograd;
 

@@ -163,6 +163,11 @@ impl Settings {
 
 /// Trains as `[paths]`, `[data]`, `[model]` and `[train]` say.
 pub fn train(config: &Config, options: &TrainOptions) -> anyhow::Result<Summary> {
+    seg_model::threads::on_worker(|| train_here(config, options))
+}
+
+/// [`train`] on the calling thread.
+fn train_here(config: &Config, options: &TrainOptions) -> anyhow::Result<Summary> {
     let settings = Settings::from_config(config)?;
     let device_spec = options.device.as_deref().unwrap_or(&settings.train.device);
     let device = seg_model::parse_device(device_spec)?;
