@@ -188,6 +188,7 @@ pub(crate) fn forward<T: Real>(
 /// f32) then stays in L1 while every column block of V_p passes. Measured on the products alone
 /// (one thread, 128 tiles): 1.1–1.5x the `gemm` crate's speed from 16x16 to 64x64 channels (it
 /// packs both operands on every call, a large share of so short a product), 0.86x at 64x192.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const SMALL_PRODUCT: usize = 64 * 64;
 
 /// M_p (`[Cout, tiles]`, rows `stride` apart) = U_p (`[Cout, Cin]`) · V_p (`[Cin, tiles]`, rows
@@ -203,6 +204,7 @@ unsafe fn position_product<T: Real>(
     v: *const T,
     stride: usize,
 ) {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
