@@ -362,6 +362,12 @@ pub fn weight_grad<T: Real>(x: Input<T>, d: Dims, grad: &[T], out_channels: usiz
     } else {
         pairs.into_iter().map(partial).collect()
     };
+    sum_in_order(partials, size)
+}
+
+/// Per-image partial results of `size` values added up in image order: the same result on any
+/// thread count (resumed training must be bit-exact).
+pub(crate) fn sum_in_order<T: Real>(partials: Vec<Vec<T>>, size: usize) -> Vec<T> {
     let mut partials = partials.into_iter();
     let mut total = partials.next().unwrap_or_else(|| vec![T::default(); size]);
     for part in partials {
@@ -460,7 +466,7 @@ pub fn bias_grad<T: Real>(grad: &[T], d: Dims) -> Vec<T> {
 }
 
 /// Per-plane sums added up per channel, in image order (the same result on any thread count).
-fn per_channel<T: Real>(plane_sums: Vec<T>, channels: usize) -> Vec<T> {
+pub(crate) fn per_channel<T: Real>(plane_sums: Vec<T>, channels: usize) -> Vec<T> {
     let mut total = vec![T::default(); channels];
     for (n, sum) in plane_sums.into_iter().enumerate() {
         total[n % channels] += sum;

@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
-use crate::conv::Real;
+use crate::conv::{Real, per_channel};
 use crate::ops::{outputs, plain, values};
 
 const EPS: f64 = 1e-5;
@@ -21,10 +21,12 @@ pub fn channel_stats<T: Real + Into<f64>>(
     channels: usize,
     plane: usize,
 ) -> Vec<(f64, f64)> {
-    let sums: Vec<(f64, f64)> = x.par_chunks(plane).map(|x| lane_sums(x, x)).collect();
+    let (sums, squares): (Vec<f64>, Vec<f64>) =
+        x.par_chunks(plane).map(|x| lane_sums(x, x)).unzip();
     let n = (batch * plane) as f64;
-    per_channel(&sums, channels)
+    per_channel(sums, channels)
         .into_iter()
+        .zip(per_channel(squares, channels))
         .map(|(sum, squares)| {
             let mean = sum / n;
             (mean, (squares / n - mean * mean).max(0.0))
@@ -53,17 +55,6 @@ fn lane_sums<T: Real + Into<f64>>(v: &[T], x: &[T]) -> (f64, f64) {
         product += products[k];
     }
     (sum, product)
-}
-
-/// Per-plane pairs of sums (`[B, C]` order) added up per channel in image order: the same
-/// result on any thread count.
-fn per_channel(planes: &[(f64, f64)], channels: usize) -> Vec<(f64, f64)> {
-    let mut total = vec![(0f64, 0f64); channels];
-    for (n, (a, b)) in planes.iter().enumerate() {
-        total[n % channels].0 += a;
-        total[n % channels].1 += b;
-    }
-    total
 }
 
 /// y = γ (x − mean) · inv_std + β, then ReLU if asked, per channel.
@@ -120,7 +111,7 @@ impl Normalise {
         let relu = self.relu;
         // gx first holds g, the gradient through the ReLU; Σ g and Σ g·x per plane.
         let mut gx = vec![T::default(); x.len()];
-        let plane_sums: Vec<(f64, f64)> = gx
+        let (g_sums, gx_sums): (Vec<f64>, Vec<f64>) = gx
             .par_chunks_mut(plane)
             .zip(grad.par_chunks(plane).zip(y.par_chunks(plane)))
             .zip(x.par_chunks(plane))
@@ -134,11 +125,12 @@ impl Normalise {
                 }
                 lane_sums(out, x)
             })
-            .collect();
+            .unzip();
         let n = (batch * plane) as f64;
         // Per channel: Σ g, Σ g·x̂, and the coefficients of dx.
-        let channel: Vec<(f64, f64, [T; 3])> = per_channel(&plane_sums, channels)
+        let channel: Vec<(f64, f64, [T; 3])> = per_channel(g_sums, channels)
             .into_iter()
+            .zip(per_channel(gx_sums, channels))
             .enumerate()
             .map(|(c, (g_sum, gx_sum))| {
                 let (mean, inv_std) = (self.mean[c], self.inv_std[c]);

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::conv::Real;
+use crate::conv::{Real, sum_in_order};
 
 /// y = conv1x1(x, weight) + bias: x `[B, Cin, H, W]`, weight `[Cout, Cin]`, returns
 /// `[B, Cout, H, W]`.
@@ -64,11 +64,7 @@ pub fn weight_grad<T: Real>(x: &[T], grad: &[T], in_channels: usize, plane: usiz
                 .collect()
         })
         .collect();
-    let mut total = vec![T::default(); out_channels * in_channels];
-    for part in partials {
-        total.iter_mut().zip(&part).for_each(|(t, p)| *t += *p);
-    }
-    total
+    sum_in_order(partials, out_channels * in_channels)
 }
 
 /// Σ a·b in eight interleaved partial sums (so the loop vectorises), added up in a fixed order.

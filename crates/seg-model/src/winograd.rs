@@ -209,8 +209,7 @@ unsafe fn position_product<T: Real>(
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && out_channels * cin <= SMALL_PRODUCT
-        && std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
+        && avx2_fma()
     {
         done = tiles - tiles % avx2::COLUMNS;
         // SAFETY: T is f32; the caller's bounds, and the CPU has the features.
@@ -388,12 +387,18 @@ fn grown<T: Real>(buffer: &mut Vec<T>, n: usize) -> &mut [T] {
     &mut buffer[..n]
 }
 
+/// Whether this CPU has AVX2 and FMA (the transforms' wide code and the products' kernel).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
 /// Runs `f` compiled for AVX2 and FMA when the CPU has them: the transforms' loops are then
 /// 8 lanes wide, not the 4 of the x86-64 baseline the crate is built for.
 #[inline(always)]
 fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         #[target_feature(enable = "avx2,fma")]
         fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
