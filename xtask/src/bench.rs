@@ -784,7 +784,6 @@ pub(crate) fn infer_rows(
         .into_iter()
         .next()
         .context("no phantom written")?;
-    let slice_spacing = ct_io::read_volume(&input)?.geometry.spacing[2];
     let mut networks = vec![("demo", demo_model, demo_preprocess)];
     if !demo_only {
         networks.push((
@@ -814,8 +813,7 @@ pub(crate) fn infer_rows(
         let predictor = Predictor::load(&checkpoint, device, PredictOptions::default())?;
         let job = plan(&input, &dir.join(format!("mask_{name}.nii.gz")), false)?.remove(0);
         let report = run_job(&predictor, &job)?;
-        let kept = slices
-            - ct_preprocess::slices::decide_crop(&preprocess, slices, slice_spacing, None).applied;
+        let kept = report.kept_slices[1] - report.kept_slices[0];
         println!(
             "{:>10} {:>6} {:>6} {:>12} {:>10.1} {:>12.1}",
             name,
@@ -835,4 +833,144 @@ pub(crate) fn infer_rows(
         }));
     }
     Ok(rows)
+}
+
+#[derive(clap::Args)]
+pub struct RealBench {
+    /// The checkpoint (default: the demo run's best/, from --config).
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    /// The folder of real CTs: NAME_image + NAME_label files pair up, other CTs count as having
+    /// no known tumour.
+    #[arg(long, value_name = "DIR", default_value = "../shared/data/real")]
+    dir: PathBuf,
+    /// The config whose run's best/ is the default checkpoint.
+    #[arg(long, value_name = "FILE", default_value = "config/default.toml")]
+    config: PathBuf,
+    /// Keep predicted components outside the lungs (as `seg-eval predict --no-lung-constraint`).
+    #[arg(long)]
+    no_lung_constraint: bool,
+    /// Where the masks go (default: a temporary folder).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+/// `cargo xtask bench real`: predicts every real CT of a folder with `seg-eval predict`'s default
+/// settings and prints, per CT, Dice, predicted and reference ml, false-positive components and
+/// their ml, missed lesions (for CTs without a label: the predicted ml and components).
+pub fn real(args: RealBench) -> anyhow::Result<()> {
+    use seg_eval::predict::{PredictOptions, Predictor, plan, run_job};
+
+    anyhow::ensure!(
+        args.dir.is_dir(),
+        "{}: no such folder of real CTs",
+        args.dir.display()
+    );
+    let checkpoint = match args.checkpoint {
+        Some(checkpoint) => checkpoint,
+        None => {
+            let config = ct_io::config::Config::load(&args.config, &[])?;
+            seg_eval::stage::Stage::from_config(&config)?
+                .run_dir
+                .join("best")
+        }
+    };
+    let options = PredictOptions {
+        lung_constraint: !args.no_lung_constraint,
+        ..PredictOptions::default()
+    };
+    let predictor = Predictor::load(&checkpoint, &candle_core::Device::Cpu, options)?;
+    let tmp = tempfile::tempdir()?;
+    let out = args.out.unwrap_or_else(|| tmp.path().to_path_buf());
+    let files = ct_io::task::nifti_files(&args.dir)?;
+    let is_label = |p: &Path| {
+        ct_io::task::strip_nifti_extension(p).is_some_and(|stem| stem.ends_with("_label"))
+    };
+    println!(
+        "real-CT benchmark: {} with {}, lung constraint {}",
+        args.dir.display(),
+        checkpoint.display(),
+        if args.no_lung_constraint { "off" } else { "on" }
+    );
+    println!(
+        "{:<28} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>6}",
+        "CT", "Dice", "ref ml", "pred ml", "FP comp", "FP ml", "missed", "lung ml", "outside", "s"
+    );
+    let mut rows = Vec::new();
+    for image in files.iter().filter(|p| !is_label(p)) {
+        let stem = ct_io::task::strip_nifti_extension(image).unwrap_or_default();
+        let name = stem.strip_suffix("_image").unwrap_or(&stem).to_string();
+        let label = files.iter().find(|p| {
+            ct_io::task::strip_nifti_extension(p).as_deref() == Some(&format!("{name}_label"))
+        });
+        let job = plan(image, &out.join(format!("{name}_pred.nii.gz")), false)?.remove(0);
+        let report = run_job(&predictor, &job)?;
+        let predicted = ct_io::read_mask_with(&job.output, &ct_io::ReadOptions::default())?;
+        let spacing = predicted.geometry.spacing;
+        let voxel_ml = spacing.iter().product::<f64>() / 1000.0;
+        let reference = match label {
+            Some(path) => {
+                let reference = ct_io::read_mask_with(path, &ct_io::ReadOptions::default())?;
+                ct_io::task::check_label_matches(&predicted.geometry, &reference.geometry, path)?;
+                Some(reference.data)
+            }
+            None => None,
+        };
+        let empty = predicted.data.mapv(|_| 0u8);
+        let truth = reference.as_ref().unwrap_or(&empty);
+        let metrics = seg_eval::case_metrics(&name, predicted.data.view(), truth.view(), spacing);
+        // Predicted voxels outside the reference, counted per false-positive component.
+        let components = ct_preprocess::mask::Components::of(predicted.data.view());
+        let hit = components.overlapping(truth.view());
+        let fp_ml: f64 = components
+            .sizes()
+            .iter()
+            .zip(&hit)
+            .filter(|(_, h)| !**h)
+            .map(|(n, _)| *n as f64 * voxel_ml)
+            .sum();
+        let dice = match (&reference, metrics.dice) {
+            (Some(_), Some(d)) => format!("{d:.3}"),
+            _ => "-".to_string(),
+        };
+        println!(
+            "{:<28} {:>6} {:>9} {:>8.2} {:>8} {:>7.2} {:>7} {:>8.0} {:>7} {:>6.1}",
+            name,
+            dice,
+            if reference.is_some() {
+                format!("{:.2}", metrics.reference_ml)
+            } else {
+                "-".to_string()
+            },
+            metrics.predicted_ml,
+            metrics.false_positive_lesions,
+            fp_ml,
+            if reference.is_some() {
+                metrics.missed_lesions().to_string()
+            } else {
+                "-".to_string()
+            },
+            report.lung_ml.unwrap_or(0.0),
+            report.outside_lungs,
+            report.seconds
+        );
+        rows.push(serde_json::json!({
+            "ct": name,
+            "labelled": reference.is_some(),
+            "dice": reference.as_ref().and(metrics.dice),
+            "reference_ml": metrics.reference_ml,
+            "predicted_ml": metrics.predicted_ml,
+            "false_positive_components": metrics.false_positive_lesions,
+            "false_positive_ml": fp_ml,
+            "missed_lesions": reference.as_ref().map(|_| metrics.missed_lesions()),
+            "lung_ml": report.lung_ml,
+            "dropped_outside_lungs": report.outside_lungs,
+            "seconds": report.seconds,
+        }));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"benchmark": "real", "checkpoint": checkpoint, "lung_constraint": !args.no_lung_constraint, "rows": rows})
+    );
+    Ok(())
 }

@@ -47,6 +47,8 @@ enum Bench {
     Model(bench::ModelBench),
     /// seg-eval predict on one MSD-sized CT, end to end, demo and reference networks.
     Infer(bench::InferBench),
+    /// Predict the real CTs of ../shared/data/real (or --dir) and score them.
+    Real(bench::RealBench),
 }
 
 #[derive(clap::Args)]
@@ -149,6 +151,10 @@ fn main() -> ExitCode {
         Command::Bench(Bench::Infer(args)) => {
             seg_model::memory::reuse_freed_memory();
             bench::infer(args)
+        }
+        Command::Bench(Bench::Real(args)) => {
+            seg_model::memory::reuse_freed_memory();
+            bench::real(args)
         }
         Command::Pipeline(args) => pipeline::pipeline(args),
         Command::CudaBuild(args) => cuda::cuda_build(args),

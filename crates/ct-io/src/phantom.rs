@@ -283,10 +283,14 @@ impl Anatomy {
             return (hu::CORTICAL, false);
         }
         let in_thorax = z > self.lung_base - 30.0 && z < self.lung_top + 15.0;
-        // ribs: a band just inside the muscle, sloping down toward the front
+        // ribs: a band just inside the muscle, sloping down toward the front, outside the pleura
         let (rx, ry) = (bx * wobble - self.fat - 7.0, by * wobble - self.fat - 7.0);
         let rho = (x / rx).hypot(y / ry);
-        if in_thorax && (rho - 1.0).abs() * rx.min(ry) < 4.5 && !(x.abs() < 22.0 && y > 0.0) {
+        if in_thorax
+            && (rho - 1.0).abs() * rx.min(ry) < 4.5
+            && !(x.abs() < 22.0 && y > 0.0)
+            && !self.in_lung(p)
+        {
             let along = (z + 14.0 * (1.0 + y / ry)) / self.rib_pitch + self.rib_phase;
             if along - along.floor() < 0.32 {
                 return (hu::RIB, false);

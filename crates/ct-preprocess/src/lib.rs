@@ -2,13 +2,16 @@
 //! dataset of normalised 2D axial slices (`.npy`: f32 images, u8 masks) and one manifest that
 //! lists every slice and records, per case, how to put a prediction back into the CT's geometry.
 //!
-//! Per case: read and check image and label (`ct-io`), view both in canonical RAS order, drop the
-//! inferior crop (never tumour, never most of a short volume), normalise, resize each slice, write
-//! into a temporary folder and rename it into place. Cases run in parallel (a bounded number at
+//! Per case: read and check image and label (`ct-io`), view both in canonical RAS order, crop
+//! (the reference's inferior slices, never tumour, never most of a short volume; or to the lungs'
+//! axial extent from the lung mask, written beside the slices), normalise, resize each slice,
+//! write into a temporary folder and rename it into place. Cases run in parallel (a bounded number at
 //! once, so memory stays bounded), slices within a case too. A rerun skips cases whose input files
 //! and slice settings are unchanged.
 
+pub mod lungs;
 pub mod manifest;
+pub mod mask;
 pub mod settings;
 pub mod slices;
 pub mod split;
@@ -29,11 +32,13 @@ use ndarray::{Array2, Array3, ArrayView3, Axis, ShapeBuilder};
 use ndarray_npy::WriteNpyExt;
 use rayon::prelude::*;
 
+use lungs::lung_mask;
 use manifest::{
-    CASE_FILE, CASES_DIR, CaseInfo, CaseRecord, FailedCase, FileStamp, MANIFEST_FILE, Manifest,
-    ManifestCase, ManifestSlice, PREPROCESSED_DIR, SliceFiles, SliceSettings,
+    CASE_FILE, CASES_DIR, CaseInfo, CaseRecord, FailedCase, FileStamp, LUNG_MASK_FILE, LungSummary,
+    MANIFEST_FILE, Manifest, ManifestCase, ManifestSlice, PREPROCESSED_DIR, SliceFiles,
+    SliceSettings,
 };
-use settings::{Normalisation, PreprocessConfig};
+use settings::{CropMode, Normalisation, PreprocessConfig};
 use slices::{decide_crop, nearest_axial_slice, network_input};
 use split::SplitRecord;
 
@@ -283,16 +288,13 @@ fn process_case(
     let canonical_geometry = reorientation.canonical_geometry(&label.geometry);
     let [width, height, depth] = reorientation.canonical_shape();
     let tumour_per_slice = tumour_per_axial_slice(&label.data, &reorientation, label_path)?;
-    let first_tumour = tumour_per_slice.iter().position(|&n| n > 0);
-    let crop = decide_crop(settings, depth, canonical_geometry.spacing[2], first_tumour);
-    if let Some(reason) = &crop.reason {
-        tracing::warn!(
-            "{}: crop reduced from {} to {} slices ({reason})",
-            case.id,
-            crop.requested,
-            crop.applied
-        );
-    }
+    let tumour_extent = match (
+        tumour_per_slice.iter().position(|&n| n > 0),
+        tumour_per_slice.iter().rposition(|&n| n > 0),
+    ) {
+        (Some(first), Some(last)) => Some([first, last + 1]),
+        _ => None,
+    };
 
     fs::create_dir_all(tmp_dir).with_context(|| format!("{}", tmp_dir.display()))?;
     let writer = SliceWriter {
@@ -302,20 +304,73 @@ fn process_case(
         normalisation: slice_settings.normalisation,
         mask: reorientation.canonical_view(label.data.view()),
     };
-    let (image_geometry, mut slices) = if reorientation.permutation[2] == 2 {
-        stream_slices(&case.image, &options, &reorientation, crop.applied, &writer)?
-    } else {
-        // The file's slowest axis is not axial (e.g. sagittal slices): axial slices are spread
-        // through the whole file, so read it whole.
-        let image = read_volume_with(&case.image, &options)?;
-        check_label_matches(&image.geometry, &label.geometry, label_path)?;
-        let ct = reorientation.canonical_view(image.data.view());
-        let slices = (crop.applied..depth)
-            .into_par_iter()
-            .map(|k| writer.write(k, ct, k))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        (image.geometry, slices)
+    let warn_crop = |crop: &slices::Crop| {
+        if let Some(reason) = &crop.reason {
+            tracing::warn!(
+                "{}: keeping slices {:?} of {depth} ({reason})",
+                case.id,
+                crop.kept(depth)
+            );
+        }
     };
+    let (image_geometry, crop, lungs, mut slices) =
+        if settings.crop == CropMode::Inferior && reorientation.permutation[2] == 2 {
+            let crop = decide_crop(
+                settings,
+                depth,
+                canonical_geometry.spacing[2],
+                tumour_extent,
+                None,
+            );
+            warn_crop(&crop);
+            let (geometry, slices) = stream_slices(
+                &case.image,
+                &options,
+                &reorientation,
+                crop.kept(depth),
+                &writer,
+            )?;
+            (geometry, crop, None, slices)
+        } else {
+            // The lungs need the whole CT; so does a file whose slowest axis is not axial (e.g.
+            // sagittal slices), whose axial slices are spread through the whole file.
+            let image = read_volume_with(&case.image, &options)?;
+            check_label_matches(&image.geometry, &label.geometry, label_path)?;
+            let ct = reorientation.canonical_view(image.data.view());
+            let lungs = (settings.crop == CropMode::Lungs).then(|| {
+                let lungs = lung_mask(ct, canonical_geometry.spacing);
+                if lungs.is_empty() {
+                    tracing::warn!("{}: no lungs found in the CT", case.id);
+                }
+                lungs
+            });
+            let crop = decide_crop(
+                settings,
+                depth,
+                canonical_geometry.spacing[2],
+                tumour_extent,
+                lungs.as_ref().and_then(|l| l.axial_extent),
+            );
+            warn_crop(&crop);
+            let [first, end] = crop.kept(depth);
+            let slices = (first..end)
+                .into_par_iter()
+                .map(|k| writer.write(k, ct, k))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let summary = match &lungs {
+                Some(lungs) => {
+                    let mask = lungs.to_canonical();
+                    ct_io::write_volume(
+                        &tmp_dir.join(LUNG_MASK_FILE),
+                        reorientation.restore(mask.view()).view(),
+                        &image.geometry,
+                    )?;
+                    Some(LungSummary::of(lungs))
+                }
+                None => None,
+            };
+            (image.geometry, crop, summary, slices)
+        };
     check_label_matches(&image_geometry, &label.geometry, label_path)?;
     slices.sort_by_key(|s| s.slice);
 
@@ -330,8 +385,9 @@ fn process_case(
             reorientation,
             canonical_shape: [width, height, depth],
             canonical_spacing: canonical_geometry.spacing,
-            crop: crop.clone(),
-            kept_slices: [crop.applied, depth],
+            kept_slices: crop.kept(depth),
+            crop,
+            lungs,
             resize_factors: [
                 settings.size as f64 / height as f64,
                 settings.size as f64 / width as f64,
@@ -352,7 +408,7 @@ fn stream_slices(
     image_path: &Path,
     options: &ReadOptions,
     reorientation: &Reorientation,
-    first_kept: usize,
+    [first_kept, end_kept]: [usize; 2],
     writer: &SliceWriter,
 ) -> anyhow::Result<(ct_io::Geometry, Vec<SliceFiles>)> {
     let [nx, ny, nz] = reorientation.original_shape;
@@ -389,7 +445,7 @@ fn stream_slices(
             } else {
                 k_file
             };
-            if k >= first_kept && k_file < nz {
+            if (first_kept..end_kept).contains(&k) && k_file < nz {
                 // A closed channel means the writers failed; their error is returned below.
                 let _ = sender.send((k, plane));
             }

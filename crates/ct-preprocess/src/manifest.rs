@@ -8,18 +8,21 @@ use ct_io::Reorientation;
 use ct_io::geometry::Affine;
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{Normalisation, PreprocessConfig};
+use crate::lungs::LungMask;
+use crate::settings::{CropMode, Normalisation, PreprocessConfig};
 use crate::slices::Crop;
 use crate::split::{Split, SplitRecord};
 
 /// Bumped whenever the slices written for the same input and settings would change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Folder below `work_dir` that holds the dataset.
 pub const PREPROCESSED_DIR: &str = "preprocessed";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Per case: `cases/<id>/` with `image_KKKK.npy` (f32), `mask_KKKK.npy` (u8) and `case.json`.
 pub const CASES_DIR: &str = "cases";
 pub const CASE_FILE: &str = "case.json";
+/// Per case with `crop = "lungs"`: the lung mask (u8, the CT's own geometry) beside the slices.
+pub const LUNG_MASK_FILE: &str = "lungs.nii.gz";
 
 /// Size and modification time of an input file: a rerun redoes a case when either changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +54,8 @@ pub struct SliceSettings {
     pub format_version: u32,
     pub size: usize,
     pub normalisation: Normalisation,
+    pub crop: CropMode,
+    pub lung_margin_mm: f64,
     pub crop_slices: usize,
     pub crop_mm: Option<f64>,
     pub max_crop_fraction: f64,
@@ -62,6 +67,8 @@ impl SliceSettings {
             format_version: FORMAT_VERSION,
             size: config.size,
             normalisation: Normalisation::from_config(config),
+            crop: config.crop,
+            lung_margin_mm: config.lung_margin_mm,
             crop_slices: config.crop_slices,
             crop_mm: config.crop_mm,
             max_crop_fraction: config.max_crop_fraction,
@@ -83,6 +90,8 @@ pub struct CaseInfo {
     pub canonical_shape: [usize; 3],
     pub canonical_spacing: [f64; 3],
     pub crop: Crop,
+    /// The lung mask's figures (with `crop = "lungs"`).
+    pub lungs: Option<LungSummary>,
     /// Canonical axial slices kept, `[start, end)`.
     pub kept_slices: [usize; 2],
     /// Output size / input size, for `[rows (canonical y), columns (canonical x)]`.
@@ -90,6 +99,25 @@ pub struct CaseInfo {
     pub normalisation: Normalisation,
     /// Tumour voxels in the original label.
     pub tumour_voxels: u64,
+}
+
+/// What the lung mask found in a case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LungSummary {
+    pub volume_ml: f64,
+    pub regions: usize,
+    /// Canonical axial slices holding lung, `[first, end)`; None when none was found.
+    pub axial_extent: Option<[usize; 2]>,
+}
+
+impl LungSummary {
+    pub fn of(lungs: &LungMask) -> LungSummary {
+        LungSummary {
+            volume_ml: lungs.volume_ml,
+            regions: lungs.regions,
+            axial_extent: lungs.axial_extent,
+        }
+    }
 }
 
 /// One stored slice; paths are relative to the preprocessed folder.

@@ -14,6 +14,11 @@ pub struct PreprocessConfig {
     /// `[lo, hi]` in HU: map the window linearly to [0, 1] and clip, instead of dividing by
     /// `hu_scale`. Empty (the default) for no window.
     pub window: Vec<f32>,
+    /// Which axial slices are kept: "inferior" drops `crop_slices` (or `crop_mm`) at the inferior
+    /// end, as the reference does; "lungs" keeps the lungs' axial extent plus `lung_margin_mm`.
+    pub crop: CropMode,
+    /// With `crop = "lungs"`: kept beyond the lungs at each end (mm).
+    pub lung_margin_mm: f64,
     /// Slices dropped at the inferior end (after canonical reorientation).
     pub crop_slices: usize,
     /// If set, the crop in millimetres instead (converted with each volume's slice spacing).
@@ -40,6 +45,8 @@ impl Default for PreprocessConfig {
             size: 256,
             hu_scale: 3071.0,
             window: Vec::new(),
+            crop: CropMode::Inferior,
+            lung_margin_mm: 20.0,
             crop_slices: 30,
             crop_mm: None,
             max_crop_fraction: 0.3,
@@ -77,6 +84,9 @@ impl Section for PreprocessConfig {
         {
             return Err(Invalid::new("crop_mm", "must be ≥ 0"));
         }
+        if !(self.lung_margin_mm.is_finite() && self.lung_margin_mm >= 0.0) {
+            return Err(Invalid::new("lung_margin_mm", "must be ≥ 0"));
+        }
         if !(0.0..1.0).contains(&self.max_crop_fraction) {
             return Err(Invalid::new("max_crop_fraction", "must be in [0, 1)"));
         }
@@ -88,6 +98,16 @@ impl Section for PreprocessConfig {
         }
         Ok(())
     }
+}
+
+/// Which axial slices of a CT the network sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CropMode {
+    /// Drop a fixed length at the inferior end (the reference's 30 slices).
+    Inferior,
+    /// Keep the lungs' axial extent (ct-preprocess's lung mask) plus a margin.
+    Lungs,
 }
 
 /// How CT values were mapped to network input; recorded so prediction maps them the same way.

@@ -6,45 +6,81 @@ use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use ndarray::{ArrayView1, ArrayView2, ArrayView3, Axis};
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{Normalisation, PreprocessConfig};
+use crate::settings::{CropMode, Normalisation, PreprocessConfig};
 
-/// How many slices were dropped at the inferior end, and why it differs from what was asked.
+/// How many slices were dropped at each end, and why it differs from what was asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Crop {
-    pub requested: usize,
-    pub applied: usize,
-    /// Set when the crop was reduced: to keep tumour slices, or to keep most of a short volume.
+    /// Slices the settings ask to drop: `[inferior, superior]`.
+    pub requested: [usize; 2],
+    /// Slices dropped: `[inferior, superior]`.
+    pub applied: [usize; 2],
+    /// Set when the crop was reduced (to keep tumour slices, or most of a short volume) or could
+    /// not be decided (no lungs found).
     pub reason: Option<String>,
 }
 
-/// Decides the crop for a volume of `slices` axial slices `spacing_mm` apart. The crop is reduced
-/// so that it never removes more than `max_crop_fraction` of the volume, nor any slice at or
-/// above `first_tumour_slice`.
+impl Crop {
+    /// The canonical axial slices kept of `slices`: `[first, end)`.
+    pub fn kept(&self, slices: usize) -> [usize; 2] {
+        [self.applied[0], slices - self.applied[1]]
+    }
+}
+
+/// Decides the crop of a volume of `slices` axial slices `spacing_mm` apart. With
+/// `crop = "inferior"` the crop never removes more than `max_crop_fraction` of the volume; with
+/// `crop = "lungs"` it keeps `lung_extent` (the lung mask's `[first, end)`; None when no lung
+/// was found: then every slice is kept) plus `lung_margin_mm` at each end. Either way it never
+/// removes a slice of `tumour_extent` (`[first, end)` of the label's tumour slices).
 pub fn decide_crop(
     config: &PreprocessConfig,
     slices: usize,
     spacing_mm: f64,
-    first_tumour_slice: Option<usize>,
+    tumour_extent: Option<[usize; 2]>,
+    lung_extent: Option<[usize; 2]>,
 ) -> Crop {
-    let requested = match config.crop_mm {
-        Some(mm) => (mm / spacing_mm).round() as usize,
-        None => config.crop_slices,
-    };
-    let mut applied = requested;
     let mut reasons = Vec::new();
-    let cap = (config.max_crop_fraction * slices as f64).floor() as usize;
-    if applied > cap {
-        reasons.push(format!(
-            "at most {:.0}% of the volume's {slices} slices may be dropped",
-            config.max_crop_fraction * 100.0
-        ));
-        applied = cap;
-    }
-    if let Some(first) = first_tumour_slice
-        && applied > first
-    {
-        reasons.push(format!("tumour starts at slice {first}"));
-        applied = first;
+    let (requested, mut applied) = match config.crop {
+        CropMode::Inferior => {
+            let requested = match config.crop_mm {
+                Some(mm) => (mm / spacing_mm).round() as usize,
+                None => config.crop_slices,
+            };
+            let cap = (config.max_crop_fraction * slices as f64).floor() as usize;
+            let mut applied = requested;
+            if applied > cap {
+                reasons.push(format!(
+                    "at most {:.0}% of the volume's {slices} slices may be dropped",
+                    config.max_crop_fraction * 100.0
+                ));
+                applied = cap;
+            }
+            ([requested, 0], [applied, 0])
+        }
+        CropMode::Lungs => match lung_extent {
+            Some([first, end]) => {
+                let margin = (config.lung_margin_mm / spacing_mm).ceil() as usize;
+                let requested = [
+                    first.saturating_sub(margin),
+                    slices - (end + margin).min(slices),
+                ];
+                (requested, requested)
+            }
+            None => {
+                reasons.push("no lungs found: every slice kept".to_string());
+                ([0, 0], [0, 0])
+            }
+        },
+    };
+    if let Some([first, end]) = tumour_extent {
+        if applied[0] > first {
+            reasons.push(format!("tumour starts at slice {first}"));
+            applied[0] = first;
+        }
+        if slices - applied[1] < end {
+            reasons.push(format!("tumour ends at slice {}", end - 1));
+            applied[1] = slices - end;
+        }
     }
     Crop {
         requested,
@@ -171,21 +207,52 @@ mod tests {
 
     #[test]
     fn the_reference_crop_applies_to_a_long_volume_without_early_tumour() {
-        let crop = decide_crop(&config(30, None), 300, 1.25, Some(150));
-        assert_eq!((crop.requested, crop.applied, crop.reason), (30, 30, None));
+        let crop = decide_crop(&config(30, None), 300, 1.25, Some([150, 160]), None);
+        assert_eq!(
+            (crop.requested, crop.applied, crop.reason.clone()),
+            ([30, 0], [30, 0], None)
+        );
+        assert_eq!(crop.kept(300), [30, 300]);
     }
 
     #[test]
     fn the_crop_never_removes_tumour_slices_or_most_of_a_short_volume() {
-        let crop = decide_crop(&config(30, None), 300, 1.25, Some(12));
-        assert_eq!(crop.applied, 12);
+        let crop = decide_crop(&config(30, None), 300, 1.25, Some([12, 20]), None);
+        assert_eq!(crop.applied, [12, 0]);
         assert!(crop.reason.unwrap().contains("tumour starts at slice 12"));
         // 48 slices of 5 mm, as lung1 from shared/data/real: 30% of 48 is 14.
-        let crop = decide_crop(&config(30, None), 48, 5.0, Some(32));
-        assert_eq!(crop.applied, 14);
+        let crop = decide_crop(&config(30, None), 48, 5.0, Some([32, 35]), None);
+        assert_eq!(crop.applied, [14, 0]);
         assert!(crop.reason.unwrap().contains("48 slices"));
-        let crop = decide_crop(&config(30, Some(40.0)), 48, 5.0, None);
-        assert_eq!((crop.requested, crop.applied), (8, 8));
+        let crop = decide_crop(&config(30, Some(40.0)), 48, 5.0, None, None);
+        assert_eq!((crop.requested, crop.applied), ([8, 0], [8, 0]));
+    }
+
+    #[test]
+    fn the_lung_crop_keeps_the_lungs_with_a_margin_and_every_tumour_slice() {
+        let lungs = PreprocessConfig {
+            crop: CropMode::Lungs,
+            lung_margin_mm: 10.0,
+            ..PreprocessConfig::default()
+        };
+        // Lungs on slices 100..220 of 2 mm: 5 slices of margin at each end; no fraction cap.
+        let crop = decide_crop(&lungs, 400, 2.0, None, Some([100, 220]));
+        assert_eq!((crop.applied, crop.reason.clone()), ([95, 175], None));
+        assert_eq!(crop.kept(400), [95, 225]);
+        // A tumour reaching below the margin keeps its slices.
+        let crop = decide_crop(&lungs, 400, 2.0, Some([90, 120]), Some([100, 220]));
+        assert_eq!(crop.kept(400), [90, 225]);
+        assert!(crop.reason.unwrap().contains("tumour starts at slice 90"));
+        let crop = decide_crop(&lungs, 400, 2.0, Some([200, 240]), Some([100, 220]));
+        assert_eq!(crop.kept(400), [95, 240]);
+        // Margins stop at the volume's ends; no lungs keeps everything.
+        assert_eq!(
+            decide_crop(&lungs, 50, 2.0, None, Some([2, 49])).kept(50),
+            [0, 50]
+        );
+        let crop = decide_crop(&lungs, 50, 2.0, None, None);
+        assert_eq!(crop.kept(50), [0, 50]);
+        assert!(crop.reason.unwrap().contains("no lungs found"));
     }
 
     #[test]

@@ -119,7 +119,7 @@ fn the_manifest_matches_the_files_on_disk() {
         let id = &case.info.id;
         let ours: Vec<_> = manifest.slices.iter().filter(|s| &s.case == id).collect();
         let [start, end] = case.info.kept_slices;
-        assert_eq!(case.info.crop.applied, start);
+        assert_eq!(case.info.crop.applied, [start, 0]);
         assert_eq!(end, case.info.canonical_shape[2]);
         let indices: Vec<usize> = ours.iter().map(|s| s.files.slice).collect();
         assert_eq!(indices, (start..end).collect::<Vec<_>>(), "{id}");
@@ -349,8 +349,8 @@ fn real_lung1_keeps_its_tumour_slices() {
     let case = &manifest.cases[0];
     assert_eq!(case.info.original_shape, [512, 512, 48]);
     assert_eq!(case.info.original_orientation, "LPS");
-    assert_eq!(case.info.crop.requested, 30);
-    assert_eq!(case.info.crop.applied, 14, "30% of 48 slices");
+    assert_eq!(case.info.crop.requested, [30, 0]);
+    assert_eq!(case.info.crop.applied, [14, 0], "30% of 48 slices");
     assert!(case.info.crop.reason.is_some());
     assert_eq!(case.info.tumour_voxels, 837);
     let tumour_slices: Vec<usize> = manifest
@@ -392,7 +392,11 @@ fn the_binary_checks_its_config_and_reports_failed_cases() {
     for (set, needle) in [
         ("preprocess.size=0", "preprocess.size: must be 8..=2048"),
         ("preprocess.window=[400, -1000]", "preprocess.window"),
-        ("preprocess.crop=3", "preprocess.crop: unknown key"),
+        ("preprocess.crop_to=3", "preprocess.crop_to: unknown key"),
+        (
+            "preprocess.crop=\"heart\"",
+            "preprocess.crop: unknown variant",
+        ),
         (
             "preprocess.validation_cases=[\"lung_099\"]",
             "preprocess.validation_cases: case \"lung_099\"",

@@ -18,6 +18,8 @@ pub struct EvalConfig {
     pub min_component_mm3: f64,
     /// Keep only the k largest predicted components; 0 keeps all (patients can have several tumours).
     pub keep_largest: usize,
+    /// Drop predicted components that do not touch the lung mask grown by 5 mm.
+    pub lung_constraint: bool,
     /// Also write each case's probabilities as float32 NIfTI.
     pub save_probabilities: bool,
     /// Overlays per case in the report: the slices with the most tumour.
@@ -37,6 +39,7 @@ impl Default for EvalConfig {
             device: "cpu".into(),
             min_component_mm3: 0.0,
             keep_largest: 0,
+            lung_constraint: true,
             save_probabilities: false,
             report_slices: 1,
             lung_window: [-1350.0, 150.0],

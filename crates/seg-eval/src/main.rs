@@ -65,6 +65,13 @@ struct PredictArgs {
     /// Keep only the k largest predicted components (0: all).
     #[arg(long, default_value_t = 0)]
     keep_largest: usize,
+    /// Keep predicted components outside the lungs (by default they are dropped: a component
+    /// must touch the lung mask grown by 5 mm).
+    #[arg(long)]
+    no_lung_constraint: bool,
+    /// Also write the lung mask (u8, the CT's geometry) to this file, or into this folder.
+    #[arg(long, value_name = "PATH")]
+    save_lungs: Option<PathBuf>,
     /// cpu, cuda:N or auto (with --config: overrides [eval] device).
     #[arg(long)]
     device: Option<String>,
@@ -127,24 +134,37 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
         batch_size: a.batch_size,
         min_component_mm3: a.min_component_mm3,
         keep_largest: a.keep_largest,
+        lung_constraint: !a.no_lung_constraint,
     };
     anyhow::ensure!(
         options.threshold > 0.0 && options.threshold < 1.0,
         "--threshold must be in (0, 1)"
     );
-    let jobs = plan(&input, &output, a.save_probabilities)?;
+    let mut jobs = plan(&input, &output, a.save_probabilities)?;
+    if let Some(lungs) = &a.save_lungs {
+        let folder =
+            input.is_dir() || lungs.is_dir() || ct_io::task::strip_nifti_extension(lungs).is_none();
+        for job in &mut jobs {
+            job.lungs = Some(if folder {
+                lungs.join(job.input.file_name().expect("a file"))
+            } else {
+                lungs.clone()
+            });
+        }
+    }
     let predictor = Predictor::load(&checkpoint, &device, options)?;
     let bar = ct_io::cli::progress_bar(jobs.len() as u64, "predict");
     for job in &jobs {
         let report = run_job(&predictor, job)?;
         bar.suspend(|| {
             println!(
-                "{} → {}: {:?}, {} tumour voxels ({:.2} ml), {:.1} s",
+                "{} → {}: {:?}, {} tumour voxels ({:.2} ml), {}, {:.1} s",
                 report.input.display(),
                 report.output.display(),
                 report.shape,
                 report.tumour_voxels,
                 report.tumour_ml,
+                report.lung_note(),
                 report.seconds
             )
         });

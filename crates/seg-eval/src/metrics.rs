@@ -1,11 +1,10 @@
 //! Per-case metrics of a predicted mask against its reference, in the CT's own voxel grid and mm:
 //! overlap (Dice, IoU, precision, recall), HD95, volumes, and lesion-wise detection.
 
-use ndarray::{Array3, ArrayView3, Axis};
-use rayon::prelude::*;
+use ndarray::{Array3, ArrayView3};
 use serde::{Deserialize, Serialize};
 
-use crate::components::{Components, bounding_box};
+use ct_preprocess::mask::{Components, bounding_box, squared_distance_field};
 
 /// The figures of one case. `None` where a figure is undefined: Dice and IoU when both masks are
 /// empty (nnU-Net leaves such a case out of the mean; an empty reference with a non-empty
@@ -144,89 +143,6 @@ fn surface(mask: ArrayView3<u8>) -> Array3<u8> {
     out
 }
 
-/// Squared Euclidean distance (mm²) from every voxel to the nearest set voxel of `targets`: the
-/// exact separable transform of Felzenszwalb and Huttenlocher, one axis at a time.
-fn squared_distance_field(targets: ArrayView3<u8>, spacing: [f64; 3]) -> Array3<f64> {
-    let mut field = targets.map(|&t| if t != 0 { 0.0 } else { f64::INFINITY });
-    for (axis, &step) in spacing.iter().enumerate() {
-        // Every line along `axis` is independent: split the volume along another axis.
-        let outer = if axis == 2 { 0 } else { 2 };
-        field
-            .axis_iter_mut(Axis(outer))
-            .into_par_iter()
-            .for_each(|mut plane| {
-                let inner = if axis < outer { axis } else { axis - 1 };
-                let mut line = Vec::new();
-                let mut scratch = Envelope::default();
-                for mut lane in plane.lanes_mut(Axis(inner)) {
-                    line.clear();
-                    line.extend(lane.iter().copied());
-                    scratch.transform(&mut line, step);
-                    lane.iter_mut().zip(&line).for_each(|(v, d)| *v = *d);
-                }
-            });
-    }
-    field
-}
-
-/// Buffers of the 1D lower-envelope-of-parabolas transform.
-#[derive(Default)]
-struct Envelope {
-    vertices: Vec<usize>,
-    bounds: Vec<f64>,
-    input: Vec<f64>,
-}
-
-impl Envelope {
-    /// `f[q]` ← min over p of `f[p] + ((q − p) · step)²`.
-    fn transform(&mut self, f: &mut [f64], step: f64) {
-        let n = f.len();
-        self.input.clear();
-        self.input.extend_from_slice(f);
-        self.vertices.clear();
-        self.bounds.clear();
-        let position = |q: usize| q as f64 * step;
-        for q in 0..n {
-            if self.input[q].is_infinite() {
-                continue;
-            }
-            while let Some(&v) = self.vertices.last() {
-                let s = intersection(&self.input, v, q, position);
-                if s <= *self.bounds.last().expect("one bound per vertex") {
-                    self.vertices.pop();
-                    self.bounds.pop();
-                } else {
-                    self.bounds.push(s);
-                    break;
-                }
-            }
-            if self.vertices.is_empty() {
-                self.bounds.push(f64::NEG_INFINITY);
-            }
-            self.vertices.push(q);
-        }
-        if self.vertices.is_empty() {
-            return; // no target on this line: stays infinite
-        }
-        // bounds[m] is where parabola m starts to be the lowest.
-        let mut m = 0;
-        for (q, out) in f.iter_mut().enumerate() {
-            let x = position(q);
-            while m + 1 < self.vertices.len() && self.bounds[m + 1] < x {
-                m += 1;
-            }
-            let v = self.vertices[m];
-            let d = x - position(v);
-            *out = self.input[v] + d * d;
-        }
-    }
-}
-
-fn intersection(f: &[f64], v: usize, q: usize, position: impl Fn(usize) -> f64) -> f64 {
-    let (pv, pq) = (position(v), position(q));
-    ((f[q] + pq * pq) - (f[v] + pv * pv)) / (2.0 * (pq - pv))
-}
-
 /// The `p`-th percentile with linear interpolation between order statistics (numpy's default).
 pub fn percentile(values: &mut [f64], p: f64) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -238,26 +154,6 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_distance_field_is_exact_on_an_anisotropic_grid() {
-        let mut targets = Array3::<u8>::zeros((7, 6, 5));
-        targets[[1, 2, 0]] = 1;
-        targets[[5, 0, 4]] = 1;
-        let spacing = [0.7, 1.3, 2.5];
-        let field = squared_distance_field(targets.view(), spacing);
-        for ((i, j, k), &d) in field.indexed_iter() {
-            let brute = [[1usize, 2, 0], [5, 0, 4]]
-                .iter()
-                .map(|t| {
-                    (0..3)
-                        .map(|a| ((([i, j, k][a] as f64) - t[a] as f64) * spacing[a]).powi(2))
-                        .sum::<f64>()
-                })
-                .fold(f64::INFINITY, f64::min);
-            assert!((d - brute).abs() < 1e-9, "{:?}: {d} vs {brute}", (i, j, k));
-        }
-    }
 
     #[test]
     fn percentiles_interpolate_like_numpy() {

@@ -9,13 +9,18 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use candle_core::{Device, Tensor};
 use ct_io::{Geometry, Reorientation, Volume};
-use ct_preprocess::settings::{Normalisation, PreprocessConfig};
+use ct_preprocess::lungs::lung_mask;
+use ct_preprocess::settings::{CropMode, Normalisation, PreprocessConfig};
 use ct_preprocess::slices::{decide_crop, network_input, resize_bilinear};
 use ndarray::{Array3, ShapeBuilder};
 use rayon::prelude::*;
 use seg_model::{CheckpointInfo, Model};
 
-use crate::components::postprocess;
+use crate::components::{drop_outside, postprocess};
+
+/// How far (mm) the lung mask is grown before predicted components that miss it are dropped:
+/// slack for a tumour that bulges past the lung's outline.
+pub const LUNG_CONSTRAINT_MARGIN_MM: f64 = 5.0;
 
 /// How probabilities become a mask.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +29,8 @@ pub struct PredictOptions {
     pub batch_size: usize,
     pub min_component_mm3: f64,
     pub keep_largest: usize,
+    /// Drop predicted components that do not touch the (slightly grown) lung mask.
+    pub lung_constraint: bool,
 }
 
 impl Default for PredictOptions {
@@ -33,6 +40,7 @@ impl Default for PredictOptions {
             batch_size: 8,
             min_component_mm3: 0.0,
             keep_largest: 0,
+            lung_constraint: true,
         }
     }
 }
@@ -43,8 +51,12 @@ pub struct Prediction {
     pub probabilities: Array3<f32>,
     /// Canonical axial slices the network saw (the rest are background).
     pub kept_slices: [usize; 2],
-    /// Predicted components removed by post-processing.
+    /// Predicted components removed by post-processing (size, count).
     pub removed_components: usize,
+    /// The lung mask, in the CT's voxel order, when it was needed (lung crop or constraint).
+    pub lungs: Option<Array3<u8>>,
+    /// Predicted components dropped for lying outside the lungs.
+    pub outside_lungs: usize,
 }
 
 /// A loaded checkpoint with the preprocessing it was trained with.
@@ -123,24 +135,41 @@ impl Predictor {
         let canonical_geometry = reorientation.canonical_geometry(geometry);
         let ct = reorientation.canonical_view(volume.data.view());
         let [width, height, depth] = reorientation.canonical_shape();
-        let crop = decide_crop(&self.preprocess, depth, canonical_geometry.spacing[2], None);
-        if let Some(reason) = &crop.reason {
-            tracing::info!(
-                "{}: crop reduced from {} to {} slices ({reason})",
+        let lungs = (self.options.lung_constraint || self.preprocess.crop == CropMode::Lungs)
+            .then(|| lung_mask(ct, canonical_geometry.spacing));
+        if lungs.as_ref().is_some_and(|l| l.is_empty()) {
+            tracing::warn!(
+                "{}: no lungs found in this CT{}",
                 source.display(),
-                crop.requested,
-                crop.applied
+                if self.options.lung_constraint {
+                    ": the lung constraint leaves the mask empty"
+                } else {
+                    ""
+                }
             );
         }
-        let first = crop.applied;
+        let crop = decide_crop(
+            &self.preprocess,
+            depth,
+            canonical_geometry.spacing[2],
+            None,
+            lungs.as_ref().and_then(|l| l.axial_extent),
+        );
+        let [first, end] = crop.kept(depth);
+        if let Some(reason) = &crop.reason {
+            tracing::info!(
+                "{}: keeping slices {first}..{end} of {depth} ({reason})",
+                source.display()
+            );
+        }
         ensure!(
-            first < depth,
+            first < end,
             "{}: no slice left after cropping",
             source.display()
         );
         let size = self.preprocess.size;
         let normalisation = Normalisation::from_config(&self.preprocess);
-        let inputs: Vec<Vec<f32>> = (first..depth)
+        let inputs: Vec<Vec<f32>> = (first..end)
             .into_par_iter()
             .map(|k| network_input(ct, k, size, normalisation))
             .collect();
@@ -150,10 +179,10 @@ impl Predictor {
         let plane = width * height;
         let mut canonical = vec![0f32; plane * depth];
         let context = self.info.model.in_channels / 2;
-        let kept: Vec<usize> = (first..depth).collect();
+        let kept: Vec<usize> = (first..end).collect();
         for batch in kept.chunks(self.options.batch_size) {
             let probabilities = self
-                .forward(batch, &inputs, first, depth, context)
+                .forward(batch, &inputs, [first, end], context)
                 .with_context(|| format!("{}: running the U-Net", source.display()))?;
             canonical[batch[0] * plane..(batch[batch.len() - 1] + 1) * plane]
                 .par_chunks_mut(plane)
@@ -171,11 +200,20 @@ impl Predictor {
             self.options.min_component_mm3,
             self.options.keep_largest,
         );
+        let outside_lungs = match &lungs {
+            Some(lungs) if self.options.lung_constraint => drop_outside(
+                mask.view_mut(),
+                lungs.dilated(LUNG_CONSTRAINT_MARGIN_MM).view(),
+            ),
+            _ => 0,
+        };
         Ok(Prediction {
             mask: reorientation.restore(mask.view()),
             probabilities: reorientation.restore(canonical.view()),
-            kept_slices: [first, depth],
+            kept_slices: [first, end],
             removed_components,
+            lungs: lungs.map(|l| reorientation.restore(l.to_canonical().view())),
+            outside_lungs,
         })
     }
 
@@ -185,8 +223,7 @@ impl Predictor {
         &self,
         batch: &[usize],
         inputs: &[Vec<f32>],
-        first: usize,
-        depth: usize,
+        [first, end]: [usize; 2],
         context: usize,
     ) -> anyhow::Result<Vec<f32>> {
         let size = self.preprocess.size;
@@ -194,7 +231,7 @@ impl Predictor {
         let mut data = Vec::with_capacity(batch.len() * channels * size * size);
         for &k in batch {
             for c in 0..channels {
-                let neighbour = (k + c).saturating_sub(context).clamp(first, depth - 1);
+                let neighbour = (k + c).saturating_sub(context).clamp(first, end - 1);
                 data.extend_from_slice(&inputs[neighbour - first]);
             }
         }
@@ -210,6 +247,8 @@ pub struct Job {
     pub input: PathBuf,
     pub output: PathBuf,
     pub probabilities: Option<PathBuf>,
+    /// Where the lung mask goes, if it is to be kept.
+    pub lungs: Option<PathBuf>,
 }
 
 /// Plans the jobs for `input` (a NIfTI file or a folder of them) and `output`: for a folder, one
@@ -237,6 +276,7 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
                     output: output.join(&name),
                     probabilities: probabilities
                         .then(|| output.join(PROBABILITIES_DIR).join(&name)),
+                    lungs: None,
                     input: file,
                 }
             })
@@ -259,6 +299,7 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
         input: input.to_path_buf(),
         output: mask,
         probabilities,
+        lungs: None,
     }])
 }
 
@@ -271,9 +312,32 @@ pub struct JobReport {
     pub input: PathBuf,
     pub output: PathBuf,
     pub shape: [usize; 3],
+    /// Canonical axial slices the network saw, `[first, end)`.
+    pub kept_slices: [usize; 2],
     pub tumour_voxels: u64,
     pub tumour_ml: f64,
+    /// Lung volume (ml) when the lung mask was made; 0 when no lung was found.
+    pub lung_ml: Option<f64>,
+    /// Predicted components dropped for lying outside the lungs.
+    pub outside_lungs: usize,
     pub seconds: f64,
+}
+
+impl JobReport {
+    /// The lung mask's part of the job, in words.
+    pub fn lung_note(&self) -> String {
+        match self.lung_ml {
+            None => "no lung mask".to_string(),
+            Some(0.0) => format!(
+                "no lungs found, {} component(s) outside them dropped",
+                self.outside_lungs
+            ),
+            Some(ml) => format!(
+                "lungs {ml:.0} ml, {} component(s) outside them dropped",
+                self.outside_lungs
+            ),
+        }
+    }
 }
 
 /// Reads the CT, predicts, and writes the mask (u8, the CT's header geometry verbatim) and, if
@@ -286,13 +350,23 @@ pub fn run_job(predictor: &Predictor, job: &Job) -> anyhow::Result<JobReport> {
     if let Some(path) = &job.probabilities {
         write(path, &prediction.probabilities, &volume.geometry)?;
     }
+    if let (Some(path), Some(lungs)) = (&job.lungs, &prediction.lungs) {
+        write(path, lungs, &volume.geometry)?;
+    }
+    let voxel_ml = volume.geometry.spacing.iter().product::<f64>() / 1000.0;
     let tumour_voxels = prediction.mask.iter().filter(|v| **v != 0).count() as u64;
     Ok(JobReport {
         input: job.input.clone(),
         output: job.output.clone(),
         shape: volume.geometry.shape,
+        kept_slices: prediction.kept_slices,
         tumour_voxels,
-        tumour_ml: tumour_voxels as f64 * volume.geometry.spacing.iter().product::<f64>() / 1000.0,
+        tumour_ml: tumour_voxels as f64 * voxel_ml,
+        lung_ml: prediction
+            .lungs
+            .as_ref()
+            .map(|l| l.iter().filter(|v| **v != 0).count() as f64 * voxel_ml),
+        outside_lungs: prediction.outside_lungs,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

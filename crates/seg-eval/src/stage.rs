@@ -87,6 +87,7 @@ struct PredictionStamp {
     threshold: f32,
     min_component_mm3: f64,
     keep_largest: usize,
+    lung_constraint: bool,
     probabilities: bool,
 }
 
@@ -112,6 +113,7 @@ pub fn predict(stage: &Stage, device: Option<&str>) -> anyhow::Result<Vec<Folder
         threshold: stage.eval.threshold,
         min_component_mm3: stage.eval.min_component_mm3,
         keep_largest: stage.eval.keep_largest,
+        lung_constraint: stage.eval.lung_constraint,
         probabilities: stage.eval.save_probabilities,
     };
     let options = PredictOptions {
@@ -119,6 +121,7 @@ pub fn predict(stage: &Stage, device: Option<&str>) -> anyhow::Result<Vec<Folder
         batch_size: stage.eval.batch_size,
         min_component_mm3: stage.eval.min_component_mm3,
         keep_largest: stage.eval.keep_largest,
+        lung_constraint: stage.eval.lung_constraint,
     };
     let mut predictor = None;
     let sets = [
@@ -169,10 +172,11 @@ pub fn predict(stage: &Stage, device: Option<&str>) -> anyhow::Result<Vec<Folder
         for job in todo {
             let report = run_job(predictor, job)?;
             tracing::info!(
-                "{} → {}: {:.2} ml of tumour ({:.1} s)",
+                "{} → {}: {:.2} ml of tumour, {} ({:.1} s)",
                 report.input.display(),
                 report.output.display(),
                 report.tumour_ml,
+                report.lung_note(),
                 report.seconds
             );
             predicted.push(report);
