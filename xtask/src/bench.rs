@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use ct_io::phantom::{SynthConfig, write_task};
 use ct_io::read_task;
+use ct_phantom::{SynthConfig, write_task};
 use ct_preprocess::settings::PreprocessConfig;
 use ct_preprocess::split::SplitRecord;
 use rayon::prelude::*;
@@ -813,7 +813,7 @@ pub(crate) fn infer_rows(
         let predictor = Predictor::load(&checkpoint, device, PredictOptions::default())?;
         let job = plan(&input, &dir.join(format!("mask_{name}.nii.gz")), false)?.remove(0);
         let report = run_job(&predictor, &job)?;
-        let kept = report.kept_slices[1] - report.kept_slices[0];
+        let kept = report.notes.kept_slices[1] - report.notes.kept_slices[0];
         println!(
             "{:>10} {:>6} {:>6} {:>12} {:>10.1} {:>12.1}",
             name,
@@ -950,8 +950,8 @@ pub fn real(args: RealBench) -> anyhow::Result<()> {
             } else {
                 "-".to_string()
             },
-            report.lung_ml.unwrap_or(0.0),
-            report.outside_lungs,
+            report.notes.lung_ml.unwrap_or(0.0),
+            report.notes.outside_lungs,
             report.seconds
         );
         rows.push(serde_json::json!({
@@ -963,8 +963,8 @@ pub fn real(args: RealBench) -> anyhow::Result<()> {
             "false_positive_components": metrics.false_positive_lesions,
             "false_positive_ml": fp_ml,
             "missed_lesions": reference.as_ref().map(|_| metrics.missed_lesions()),
-            "lung_ml": report.lung_ml,
-            "dropped_outside_lungs": report.outside_lungs,
+            "lung_ml": report.notes.lung_ml,
+            "dropped_outside_lungs": report.notes.outside_lungs,
             "seconds": report.seconds,
         }));
     }

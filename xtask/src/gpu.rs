@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::{Context, ensure};
 use candle_core::{DType, Device, Tensor};
 use ct_io::config::Config;
-use ct_io::phantom::{SynthConfig, write_task};
+use ct_phantom::{SynthConfig, write_task};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use seg_model::{Model, ModelConfig};

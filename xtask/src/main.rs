@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ct_io::config::{Config, ConfigError, Section};
-use ct_io::phantom::{SynthConfig, write_task};
+use ct_phantom::{SynthConfig, write_task};
 
 #[derive(Parser)]
 #[command(about = "lungseg project tasks")]

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use ct_io::config::Config;
-use ct_io::phantom::SynthConfig;
+use ct_phantom::SynthConfig;
 use ct_preprocess::manifest::{FileStamp, MANIFEST_FILE, PREPROCESSED_DIR};
 use ct_preprocess::settings::PreprocessConfig;
 use seg_data::DataConfig;
@@ -154,9 +154,10 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
     let mut ran_any = false;
     for stage in StageName::ALL {
         let fingerprint = match stage {
-            StageName::Synth => {
-                fingerprint(&[&json(&synth), &paths.data_dir.display().to_string()])
-            }
+            StageName::Synth => fingerprint(&[
+                &json(&ct_phantom::provenance(&synth)),
+                &paths.data_dir.display().to_string(),
+            ]),
             StageName::Preprocess => fingerprint(&[
                 &previous,
                 &json(&preprocess),
@@ -192,7 +193,7 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
         // when [synth] changed.
         let up_to_date = if stage == StageName::Synth {
             match synthesised_with(&paths.data_dir) {
-                Some(recorded) => recorded == serde_json::to_value(&synth)?,
+                Some(recorded) => recorded == ct_phantom::provenance(&synth),
                 None => outputs_exist,
             }
         } else {
@@ -371,7 +372,7 @@ pub(crate) fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `[synth]` a phantom task folder was written with (recorded in its dataset.json); None
+/// How a phantom task folder was written ([`ct_phantom::provenance`], in its dataset.json); None
 /// for a folder that is not ours (real data, which the pipeline never overwrites).
 fn synthesised_with(data_dir: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(data_dir.join("dataset.json")).ok()?;

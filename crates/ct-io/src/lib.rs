@@ -1,6 +1,6 @@
 //! `ct-io`: the bottom of lungseg. Reads, validates, reorients and writes CT volumes (NIfTI-1) and
 //! MSD task folders, so every later stage sees one geometry-aware `Volume`; also holds the shared
-//! config loader and the synthetic chest-CT phantoms the pipeline and the tests run on.
+//! config loader.
 //!
 //! ```no_run
 //! let volume = ct_io::read_volume(std::path::Path::new("lung_001.nii.gz"))?;
@@ -15,7 +15,6 @@ pub mod config;
 pub mod error;
 pub mod geometry;
 pub mod nii;
-pub mod phantom;
 pub mod seed;
 pub mod task;
 

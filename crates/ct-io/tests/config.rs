@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use ct_io::config::{Config, ConfigError, Paths};
-use ct_io::phantom::SynthConfig;
+use ct_phantom::SynthConfig;
 
 fn parse(text: &str, overrides: &[&str]) -> Result<Config, ConfigError> {
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();

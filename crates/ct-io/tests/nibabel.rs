@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use ct_io::phantom::{SynthConfig, generate_case};
 use ct_io::{Geometry, read_volume, write_volume};
+use ct_phantom::{SynthConfig, generate_case};
 use ndarray::Array3;
 
 const CHECK: &str = r#"

@@ -30,15 +30,20 @@ const MIN_LUNG_ML: f64 = 20.0;
 /// ...covers at least this much (cm²) of one axial slice (trachea, bronchi, bowel loops are
 /// narrower)...
 const MIN_LUNG_SLICE_CM2: f64 = 10.0;
-/// ...and its median is above this (HU): gas in the stomach, the bowel and the airways is pure
-/// air (-1000), lung parenchyma is not (about -850; -950 even in severe emphysema).
-const GAS_MEDIAN_HU: f32 = -975.0;
+/// ...and its lower quartile is above this (HU): gas in the stomach, the bowel and the airways is
+/// pure air (-1000), lung parenchyma is not (a quartile of about -900; above -970 even in severe
+/// emphysema). A quartile rather than the median, because at 5 mm voxels the partial-volume rim
+/// of a gas pocket (between -1000 and tissue) can be half of it.
+const GAS_QUARTILE_HU: f32 = -985.0;
 /// Holes of a lung slice up to this size (cm²) are filled: vessels and tumours of up to 6 cm, not
 /// the dome of the diaphragm that the lung base rings on its lowest slices.
 const MAX_HOLE_CM2: f64 = 30.0;
 /// How far (mm) a lung slice's convex hull may reach beyond its air: enough to take in a tumour
 /// of 3 cm against the mediastinum or the diaphragm, not the heart behind it.
 pub const HULL_REACH_MM: f64 = 15.0;
+/// The lungs' axial extent counts the slices holding at least this much lung (cm²): not the
+/// trachea running up the neck (2-3 cm²), which the airways join to the lungs.
+pub const MIN_EXTENT_CM2: f64 = 5.0;
 /// Gaps along z up to this long (mm) between lung voxels are closed: a tumour against the chest
 /// wall takes the lung's outline away on its own slices, not above and below it.
 pub const Z_GAP_MM: f64 = 40.0;
@@ -53,7 +58,8 @@ pub struct LungMask {
     pub regions: usize,
     /// Lung volume (ml).
     pub volume_ml: f64,
-    /// Canonical axial slices holding lung: `[first, end)`; None when no lung was found.
+    /// Canonical axial slices holding at least [`MIN_EXTENT_CM2`] of lung: `[first, end)`; None
+    /// when no lung was found.
     pub axial_extent: Option<[usize; 2]>,
 }
 
@@ -120,8 +126,15 @@ pub fn lung_mask(ct: ArrayView3<f32>, spacing: [f64; 3]) -> LungMask {
 
     let voxel_ml = grid.spacing.iter().product::<f64>() / 1000.0;
     let count = work.iter().filter(|v| **v != 0).count();
+    let min_pixels = (MIN_EXTENT_CM2 / pixel_cm2).ceil() as usize;
     let slices_with_lung: Vec<usize> = (0..nz)
-        .filter(|&k| work[k * plane..(k + 1) * plane].iter().any(|v| *v != 0))
+        .filter(|&k| {
+            work[k * plane..(k + 1) * plane]
+                .iter()
+                .filter(|v| **v != 0)
+                .count()
+                >= min_pixels.max(1)
+        })
         .collect();
     let axial_extent = match (slices_with_lung.first(), slices_with_lung.last()) {
         (Some(&first), Some(&last)) => {
@@ -256,14 +269,14 @@ fn internal_air(hu: &[f32], [nx, ny]: [usize; 2], pixel_cm2: f64, out: &mut [u8]
     Some(columns as f64 / size as f64)
 }
 
-/// Whether air of these HU values is lung parenchyma rather than gas: its median is above
-/// [`GAS_MEDIAN_HU`].
+/// Whether air of these HU values is lung parenchyma rather than gas: its lower quartile is
+/// above [`GAS_QUARTILE_HU`].
 fn is_lung_like(values: &mut [f32]) -> bool {
     if values.is_empty() {
         return false;
     }
-    let middle = values.len() / 2;
-    *values.select_nth_unstable_by(middle, f32::total_cmp).1 > GAS_MEDIAN_HU
+    let quartile = values.len() / 4;
+    *values.select_nth_unstable_by(quartile, f32::total_cmp).1 > GAS_QUARTILE_HU
 }
 
 /// The air regions of `air` (working grid, Fortran order) that are lungs, and how many there are.
@@ -299,7 +312,7 @@ fn select_lungs(air: &[u8], hu: &[f32], grid: &Grid) -> Lungs {
             c != usize::MAX && {
                 let s = &stats[c];
                 let widest = s.area.iter().copied().max().unwrap_or(0) as f64 * pixel_cm2;
-                widest >= MIN_LUNG_SLICE_CM2 && s.median() > GAS_MEDIAN_HU
+                widest >= MIN_LUNG_SLICE_CM2 && s.lower_quartile() > GAS_QUARTILE_HU
             }
         })
         .collect();
@@ -309,9 +322,37 @@ fn select_lungs(air: &[u8], hu: &[f32], grid: &Grid) -> Lungs {
             voxels[i + nx * (j + ny * k)] = 1;
         }
     });
+    // Gas that a thin or blurred diaphragm joins to the lungs in 3D (the stomach, the colon),
+    // and the trachea: pure air on the slices where it lies apart from the lungs.
+    let plane = nx * ny;
+    voxels
+        .par_chunks_mut(plane)
+        .zip(hu.par_chunks(plane))
+        .for_each(|(slice, values)| drop_gas_regions(slice, values, [nx, ny]));
     Lungs {
         voxels,
         regions: is_lung.iter().filter(|l| **l).count(),
+    }
+}
+
+/// Clears the regions of one slice's lung voxels whose air is gas, not parenchyma.
+fn drop_gas_regions(slice: &mut [u8], hu: &[f32], [nx, ny]: [usize; 2]) {
+    if slice.iter().all(|v| *v == 0) {
+        return;
+    }
+    let lung: Vec<bool> = slice.iter().map(|v| *v != 0).collect();
+    let (labels, sizes) = label_2d(&lung, [nx, ny], true);
+    let mut values: Vec<Vec<f32>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for (n, &label) in labels.iter().enumerate() {
+        if label != 0 {
+            values[label as usize - 1].push(hu[n]);
+        }
+    }
+    let gas: Vec<bool> = values.iter_mut().map(|v| !is_lung_like(v)).collect();
+    for (v, &label) in slice.iter_mut().zip(&labels) {
+        if label != 0 && gas[label as usize - 1] {
+            *v = 0;
+        }
     }
 }
 
@@ -340,13 +381,13 @@ impl RegionStats {
         self.area[k] += 1;
     }
 
-    /// The median HU, to the bin's centre.
-    fn median(&self) -> f32 {
+    /// The lower quartile's HU, to the bin's centre.
+    fn lower_quartile(&self) -> f32 {
         let total: u64 = self.histogram.iter().sum();
         let mut seen = 0;
         for (bin, &n) in self.histogram.iter().enumerate() {
             seen += n;
-            if 2 * seen >= total {
+            if 4 * seen >= total {
                 return HISTOGRAM_LOW + (bin as f32 + 0.5) * HISTOGRAM_BIN;
             }
         }
@@ -399,6 +440,11 @@ fn close_slice(
             }
             fill_hull(&pixels, [nx, ny], &mut hull);
         }
+        // A closing of the side by the reach: where a tumour against the mediastinum cuts the
+        // lung's tip off from the rest on its slices, the gap between them is bridged.
+        for (n, c) in closing(&side, [nx, ny], reach).into_iter().enumerate() {
+            filled[n] |= c;
+        }
     }
     // Distance in pixels of the unit grid (the reach per axis makes it mm).
     let targets = Array3::from_shape_vec((nx, ny, 1).f(), lungs.to_vec()).expect("one slice");
@@ -407,6 +453,28 @@ fn close_slice(
         let (i, j) = (n % nx, n / nx);
         *v = u8::from(filled[n] || (hull[n] && field[[i, j, 0]] <= 1.0));
     }
+}
+
+/// The morphological closing of a slice's `pixels` by a disc of `reach` pixels per axis: dilated,
+/// then eroded by the same.
+fn closing(pixels: &[bool], [nx, ny]: [usize; 2], reach: [f64; 2]) -> Vec<bool> {
+    let unit = [1.0 / reach[0], 1.0 / reach[1], 1.0];
+    let mask =
+        |values: Vec<u8>| Array3::from_shape_vec((nx, ny, 1).f(), values).expect("one slice");
+    let to_set = squared_distance_field(
+        mask(pixels.iter().map(|&p| u8::from(p)).collect()).view(),
+        unit,
+    );
+    let outside_dilated: Vec<u8> = (0..nx * ny)
+        .map(|n| u8::from(to_set[[n % nx, n / nx, 0]] > 1.0))
+        .collect();
+    if outside_dilated.iter().all(|v| *v == 0) {
+        return vec![true; nx * ny];
+    }
+    let to_outside = squared_distance_field(mask(outside_dilated).view(), unit);
+    (0..nx * ny)
+        .map(|n| to_outside[[n % nx, n / nx, 0]] > 1.0)
+        .collect()
 }
 
 /// Closes the gaps of up to [`Z_GAP_MM`] between lung voxels along each column of the grid.

@@ -5,20 +5,32 @@
 use std::path::{Path, PathBuf};
 
 use ct_io::nii::ReadOptions;
-use ct_io::phantom::{Phantom, SynthConfig, generate_case};
 use ct_io::{Reorientation, read_mask_with, read_volume};
-use ct_preprocess::lungs::{LungMask, lung_mask};
+use ct_phantom::{Field, Phantom, SynthConfig, case_field, generate_case};
+use ct_preprocess::lungs::{LungMask, MIN_EXTENT_CM2, lung_mask};
+use ct_preprocess::mask::Components;
+use ct_preprocess::settings::{CropMode, PreprocessConfig};
+use ct_preprocess::slices::decide_crop;
 use ndarray::{Array3, s};
 
-fn phantom(size: usize, slices: usize, orientation: &str, index: usize) -> Phantom {
-    let config = SynthConfig {
+fn config(size: usize, slices: usize, orientation: &str) -> SynthConfig {
+    SynthConfig {
         cases: 8,
         test_cases: 0,
         size,
         slices,
         seed: 77,
         orientation: orientation.to_string(),
-    };
+    }
+}
+
+/// The `nth` phantom (0-based) of those covering `field`.
+fn phantom(size: usize, slices: usize, orientation: &str, field: Field, nth: usize) -> Phantom {
+    let config = config(size, slices, orientation);
+    let index = (0..)
+        .filter(|&i| case_field(&config, i) == field)
+        .nth(nth)
+        .expect("every field comes up");
     generate_case(&config, index)
 }
 
@@ -47,59 +59,90 @@ fn outside(mask: &Array3<u8>, label: &Array3<u8>) -> usize {
         .fold(0, |n, &m, &l| n + usize::from(l != 0 && m == 0))
 }
 
-/// The mask holds most of every tumour, and grown by the lung constraint's 5 mm all of it:
-/// where a tumour lies flush against the chest wall, its outermost voxels replace the lung's
-/// outline and can fall just outside.
-fn assert_tumours_held(mask: &LungMask, label: &Array3<u8>, what: &str) {
-    let tumour = label.iter().filter(|v| **v != 0).count();
-    let missed = outside(&mask.to_canonical(), label);
+/// Grown by the lung constraint's 5 mm, the mask overlaps every tumour, so the constraint keeps
+/// it; grown by 10 mm it holds all of it, so the crop keeps it. Returns the tumour voxels inside
+/// the mask itself and all of them: where a tumour lies flush against the chest wall, the
+/// mediastinum or the diaphragm, its outermost voxels replace the lung's outline and can fall
+/// outside (half of a nodule on the outer rim of the lung's base, at 5 mm slices).
+fn assert_tumours_held(mask: &LungMask, label: &Array3<u8>, what: &str) -> (usize, usize) {
+    let components = Components::of(label.view());
+    let grown = mask.dilated(LUNG_CONSTRAINT_MM);
+    let touching = components.overlapping(grown.view());
     assert!(
-        missed * 4 <= tumour,
-        "{what}: {missed} of {tumour} tumour voxels outside the mask"
+        touching.iter().all(|t| *t),
+        "{what}: a tumour misses the grown mask"
     );
     assert_eq!(
-        outside(&mask.dilated(5.0), label),
+        outside(&mask.dilated(10.0), label),
         0,
-        "{what}: tumour outside the grown mask"
+        "{what}: tumour beyond 10 mm of the mask"
     );
+    let total = label.iter().filter(|v| **v != 0).count();
+    (total - outside(&mask.to_canonical(), label), total)
 }
+
+/// How far seg-eval's lung constraint grows the mask.
+const LUNG_CONSTRAINT_MM: f64 = 5.0;
 
 #[test]
 fn on_phantoms_the_mask_matches_their_lungs_and_holds_every_tumour() {
-    // Axis orders, in-plane spacings of about 1.5 and 3 mm, slices of about 3 and 6 mm.
-    for (size, slices, orientation, index) in [
-        (256, 96, "LAS", 0),
-        (128, 48, "LPS", 1),
-        (192, 80, "PIR", 2),
-        (256, 96, "RAS", 3),
-        (128, 96, "LAS", 4),
+    // Axis orders, in-plane spacings of about 1-3 mm, slices of about 2-10 mm, every field of
+    // view: chest, neck to pelvis, cut to the lungs.
+    let (mut tumour_held, mut tumour_total) = (0, 0);
+    for (size, slices, orientation, field, index) in [
+        (256, 96, "LAS", Field::Chest, 0),
+        (128, 48, "LPS", Field::Chest, 1),
+        (192, 80, "PIR", Field::Trunk, 0),
+        (256, 96, "RAS", Field::Tight, 0),
+        (128, 96, "LAS", Field::Trunk, 1),
+        (192, 64, "LPS", Field::Tight, 1),
     ] {
-        let p = phantom(size, slices, orientation, index);
+        let p = phantom(size, slices, orientation, field, index);
         let (ct, lungs, label, spacing) = canonical(&p);
         let mask = lung_mask(ct.view(), spacing);
         let full = mask.to_canonical();
         let d = dice(&full, &lungs);
         let missed = outside(&full, &label);
         eprintln!(
-            "{size}x{size}x{slices} {orientation} case {index}: dice {d:.4}, {} regions, \
+            "{size}x{size}x{slices} {orientation} {field:?} {index}: dice {d:.4}, {} regions, \
              {:.0} ml, tumour voxels outside {missed} of {}",
             mask.regions,
             mask.volume_ml,
             label.iter().filter(|v| **v != 0).count()
         );
-        assert!(d >= 0.95, "{orientation} case {index}: Dice {d:.3}");
-        assert_tumours_held(&mask, &label, &format!("{orientation} case {index}"));
+        assert!(d >= 0.95, "{orientation} {field:?} {index}: Dice {d:.3}");
+        let (held, total) =
+            assert_tumours_held(&mask, &label, &format!("{orientation} {field:?} {index}"));
+        tumour_held += held;
+        tumour_total += total;
+        // The extent holds every slice with more than a lung's tip on it.
         let extent = mask.axial_extent.expect("lungs found");
-        let lung_slices: Vec<usize> = (0..lungs.dim().2)
-            .filter(|&k| lungs.slice(s![.., .., k]).iter().any(|v| *v != 0))
-            .collect();
-        assert!(extent[0] <= lung_slices[0] && extent[1] > *lung_slices.last().unwrap());
+        let pixel_cm2 = spacing[0] * spacing[1] / 100.0;
+        for k in (0..lungs.dim().2).filter(|k| !(extent[0]..extent[1]).contains(k)) {
+            let area = lungs
+                .slice(s![.., .., k])
+                .iter()
+                .filter(|v| **v != 0)
+                .count() as f64
+                * pixel_cm2;
+            assert!(
+                area < 2.0 * MIN_EXTENT_CM2,
+                "slice {k}: {area:.1} cm² of lung left out"
+            );
+        }
     }
+    // Four fifths of all tumour voxels lie inside the mask itself.
+    eprintln!("tumour voxels in the mask: {tumour_held} of {tumour_total}");
+    assert!(tumour_total > 1000, "the phantoms have tumours");
+    assert!(
+        tumour_held * 5 >= tumour_total * 4,
+        "{tumour_held} of {tumour_total}"
+    );
 }
 
 #[test]
 fn a_field_of_view_cropped_tight_around_the_chest_keeps_its_lungs() {
-    let p = phantom(256, 96, "LAS", 5);
+    let p = phantom(256, 96, "LAS", Field::Chest, 2);
     let (ct, lungs, label, spacing) = canonical(&p);
     // Cut in-plane to the middle 60% (the lungs reach the image's edge) and to the central slices.
     let (w, h, d) = ct.dim();
@@ -113,14 +156,18 @@ fn a_field_of_view_cropped_tight_around_the_chest_keeps_its_lungs() {
     let d = dice(&mask.to_canonical(), &lungs);
     eprintln!("cropped: Dice {d:.4}");
     assert!(d >= 0.9, "Dice {d:.3} on the cropped phantom");
-    assert_tumours_held(&mask, &label, "cropped");
+    let (held, total) = assert_tumours_held(&mask, &label, "cropped");
+    assert!(
+        held * 5 >= total * 4,
+        "cropped: {held} of {total} tumour voxels in the mask"
+    );
 }
 
 #[test]
 fn a_ct_below_the_lungs_has_an_empty_mask() {
-    let p = phantom(192, 96, "LAS", 6);
+    let p = phantom(192, 96, "LAS", Field::Trunk, 2);
     let (ct, lungs, _, spacing) = canonical(&p);
-    // The slices below the lowest lung voxel: abdomen only.
+    // The slices below the lowest lung voxel: abdomen and pelvis, bowel gas and all.
     let first_lung = (0..lungs.dim().2)
         .find(|&k| lungs.slice(s![.., .., k]).iter().any(|v| *v != 0))
         .expect("the phantom has lungs");
@@ -138,13 +185,49 @@ fn a_ct_below_the_lungs_has_an_empty_mask() {
 
 #[test]
 fn the_grown_mask_contains_the_mask() {
-    let p = phantom(128, 48, "LAS", 0);
+    let p = phantom(128, 48, "LAS", Field::Chest, 0);
     let (ct, _, _, spacing) = canonical(&p);
     let mask = lung_mask(ct.view(), spacing);
     let (inner, grown) = (mask.to_canonical(), mask.dilated(10.0));
     assert_eq!(outside(&grown, &inner), 0);
     let count = |m: &Array3<u8>| m.iter().filter(|v| **v != 0).count();
     assert!(count(&grown) > count(&inner) * 11 / 10);
+}
+
+#[test]
+fn the_lung_crop_of_a_neck_to_pelvis_ct_keeps_every_tumour_slice() {
+    // As prediction crops: from the lung mask alone, no label to go by.
+    let settings = PreprocessConfig {
+        crop: CropMode::Lungs,
+        ..PreprocessConfig::default()
+    };
+    let mut seen = 0;
+    for nth in 0..4 {
+        let p = phantom(128, 96, "LAS", Field::Trunk, nth);
+        let (ct, _, label, spacing) = canonical(&p);
+        let mask = lung_mask(ct.view(), spacing);
+        let depth = ct.dim().2;
+        let crop = decide_crop(&settings, depth, spacing[2], None, mask.axial_extent);
+        let [first, end] = crop.kept(depth);
+        let tumour_slices: Vec<usize> = (0..depth)
+            .filter(|&k| label.slice(s![.., .., k]).iter().any(|v| *v != 0))
+            .collect();
+        eprintln!(
+            "trunk {nth}: kept {first}..{end} of {depth}, tumour slices {:?}",
+            tumour_slices.first().zip(tumour_slices.last())
+        );
+        assert!(
+            tumour_slices.iter().all(|k| (first..end).contains(k)),
+            "trunk {nth}: a tumour slice cropped away ({first}..{end})"
+        );
+        // The abdomen and pelvis go: at least a third of the slices.
+        assert!(
+            end - first <= depth * 2 / 3,
+            "trunk {nth}: kept {first}..{end}"
+        );
+        seen += usize::from(!tumour_slices.is_empty());
+    }
+    assert!(seen >= 2, "only {seen} trunk phantoms with tumours");
 }
 
 fn real_dir() -> Option<PathBuf> {

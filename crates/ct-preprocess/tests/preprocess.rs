@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ct_io::phantom::{SynthConfig, write_task};
 use ct_io::{Reorientation, read_task, read_volume};
+use ct_phantom::{SynthConfig, write_task};
 use ct_preprocess::manifest::{MANIFEST_FILE, Manifest};
 use ct_preprocess::settings::PreprocessConfig;
 use ct_preprocess::split::{Split, SplitRecord};

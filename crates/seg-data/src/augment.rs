@@ -1,9 +1,13 @@
 //! Joint augmentation: one random affine (rotation, isotropic scale, translation) and an elastic
 //! deformation, composed into a single resampling that warps the image bilinearly and the mask by
-//! nearest neighbour, filling with air outside the source.
+//! nearest neighbour, filling with air outside the source. Then, on the image alone, the
+//! appearance of other scanners in the manner of domain randomisation (SynthSeg): contrast
+//! (gamma), thicker slices (neighbouring channels mixed in), a coarser resolution, blur and noise.
 
+use ct_preprocess::slices::resize_bilinear;
 use ndarray::{Array2, Array3, Axis};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::config::DataConfig;
 use crate::dataset::Sample;
@@ -133,6 +137,136 @@ impl Transform {
         }
         Sample { image, mask }
     }
+}
+
+/// A sampled change of appearance: what another scanner, protocol or reconstruction kernel would
+/// make of the same anatomy. Applied in this order: slice thickness, resolution, blur, gamma,
+/// noise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appearance {
+    /// Exponent applied to the image rescaled to [0, 1] by its own range (1 = none).
+    pub gamma: f32,
+    /// Weight of each neighbouring channel mixed into a channel, as a thicker slice would average
+    /// them (0 = none).
+    pub slice_blend: f32,
+    /// The image is shrunk by this factor and enlarged back (1 = none).
+    pub low_resolution: f32,
+    /// Gaussian blur in pixels (0 = none).
+    pub blur_sigma: f32,
+    /// Standard deviation of added Gaussian noise, in the image's units (0 = none).
+    pub noise_sd: f32,
+    /// Seed of the noise.
+    pub noise_seed: u64,
+}
+
+impl Appearance {
+    /// The scanner's own appearance: changes nothing.
+    pub fn none() -> Appearance {
+        Appearance {
+            gamma: 1.0,
+            slice_blend: 0.0,
+            low_resolution: 1.0,
+            blur_sigma: 0.0,
+            noise_sd: 0.0,
+            noise_seed: 0,
+        }
+    }
+
+    /// Draws an appearance from `[data]`'s ranges.
+    pub fn sample(config: &DataConfig, rng: &mut impl Rng) -> Appearance {
+        let mut uniform = |[lo, hi]: [f32; 2]| {
+            if hi > lo {
+                rng.random_range(lo..=hi)
+            } else {
+                lo
+            }
+        };
+        let gamma = uniform(config.gamma);
+        let slice_blend = uniform(config.slice_blend);
+        let low_resolution = uniform(config.low_resolution);
+        let blur_sigma = uniform(config.blur_sigma);
+        let noise_sd = uniform(config.noise_sd);
+        // Drawn only when used, so that a config without noise keeps its random stream.
+        let noise_seed = if noise_sd > 0.0 { rng.random() } else { 0 };
+        Appearance {
+            gamma,
+            slice_blend,
+            low_resolution,
+            blur_sigma,
+            noise_sd,
+            noise_seed,
+        }
+    }
+
+    /// Changes the image of `sample` (the mask stays: the anatomy is the same).
+    pub fn apply(&self, sample: &mut Sample) {
+        let (channels, h, w) = sample.image.dim();
+        if self.slice_blend > 0.0 && channels >= 3 {
+            let original = sample.image.clone();
+            let b = self.slice_blend;
+            for c in 0..channels {
+                // An end channel stands in for its missing neighbour.
+                let below = original.index_axis(Axis(0), c.saturating_sub(1));
+                let above = original.index_axis(Axis(0), (c + 1).min(channels - 1));
+                let centre = original.index_axis(Axis(0), c);
+                let mut out = sample.image.index_axis_mut(Axis(0), c);
+                ndarray::Zip::from(&mut out)
+                    .and(&centre)
+                    .and(&below)
+                    .and(&above)
+                    .for_each(|o, &m, &l, &u| *o = (1.0 - b) * m + 0.5 * b * (l + u));
+            }
+        }
+        if self.low_resolution > 1.0 {
+            let coarse = [h, w].map(|n| ((n as f32 / self.low_resolution).round() as usize).max(2));
+            for mut plane in sample.image.axis_iter_mut(Axis(0)) {
+                let pixels: Vec<f32> = plane.iter().copied().collect();
+                let small = smooth_and_resize(&pixels, [h, w], coarse, self.low_resolution / 2.0);
+                let back = resize_bilinear(&small, coarse, [h, w]);
+                plane.iter_mut().zip(back).for_each(|(o, v)| *o = v);
+            }
+        }
+        if self.blur_sigma > 0.0 {
+            let kernel = gaussian_kernel(self.blur_sigma);
+            for mut plane in sample.image.axis_iter_mut(Axis(0)) {
+                let rows = blur_axis(&plane.to_owned(), &kernel, Axis(1));
+                plane.assign(&blur_axis(&rows, &kernel, Axis(0)));
+            }
+        }
+        if self.gamma != 1.0 {
+            let (lo, hi) = sample
+                .image
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                });
+            if hi > lo {
+                let range = hi - lo;
+                sample.image.mapv_inplace(|v| {
+                    lo + range * ((v - lo) / range).clamp(0.0, 1.0).powf(self.gamma)
+                });
+            }
+        }
+        if self.noise_sd > 0.0 {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.noise_seed);
+            for v in sample.image.iter_mut() {
+                // Box–Muller: a standard normal from two uniforms.
+                let u: f32 = 1.0 - rng.random::<f32>();
+                let t: f32 = rng.random();
+                *v += self.noise_sd * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * t).cos();
+            }
+        }
+    }
+}
+
+/// Gaussian-smooths a row-major `from` image with `sigma` pixels (an antialiasing filter), then
+/// resizes it bilinearly to `to`.
+fn smooth_and_resize(pixels: &[f32], from: [usize; 2], to: [usize; 2], sigma: f32) -> Vec<f32> {
+    let image = Array2::from_shape_vec((from[0], from[1]), pixels.to_vec()).expect("sized");
+    let kernel = gaussian_kernel(sigma);
+    let rows = blur_axis(&image, &kernel, Axis(1));
+    let smooth = blur_axis(&rows, &kernel, Axis(0));
+    resize_bilinear(smooth.as_slice().expect("standard layout"), from, to)
 }
 
 /// A displacement field as imgaug's ElasticTransformation draws it: uniform noise in [−1, 1],

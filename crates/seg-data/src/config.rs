@@ -25,6 +25,18 @@ pub struct DataConfig {
     pub flip_lr: bool,
     /// Multiply intensities by 1 + u and add v, u, v drawn from ±`intensity_jitter` (0 = off).
     pub intensity_jitter: f32,
+    /// Domain randomisation (training only, with `augment`), each drawn uniformly from `[lo, hi]`:
+    /// a gamma on the image rescaled to [0, 1] by its own range (1 = off)...
+    pub gamma: [f32; 2],
+    /// ...the weight of each neighbouring slice mixed into a channel, as thicker slices would
+    /// (0 = off; needs `context` ≥ 1)...
+    pub slice_blend: [f32; 2],
+    /// ...a factor the slice is shrunk by and enlarged back, a coarser scan (1 = off)...
+    pub low_resolution: [f32; 2],
+    /// ...a Gaussian blur in pixels, a softer reconstruction kernel (0 = off)...
+    pub blur_sigma: [f32; 2],
+    /// ...and the standard deviation of added Gaussian noise, in normalised units (0 = off).
+    pub noise_sd: [f32; 2],
     /// Target fraction of tumour slices among sampled training slices (the reference: 0.5);
     /// 0 samples every slice with the same weight.
     pub tumour_fraction: f64,
@@ -55,6 +67,11 @@ impl Default for DataConfig {
             elastic_sigma: [4.0, 8.0],
             flip_lr: false,
             intensity_jitter: 0.0,
+            gamma: [1.0, 1.0],
+            slice_blend: [0.0, 0.0],
+            low_resolution: [1.0, 1.0],
+            blur_sigma: [0.0, 0.0],
+            noise_sd: [0.0, 0.0],
             tumour_fraction: 0.5,
             samples_per_epoch: 0,
             patch_size: 0,
@@ -67,6 +84,18 @@ impl Default for DataConfig {
 
 fn range_ok(r: [f32; 2], min: f32) -> bool {
     r[0].is_finite() && r[1].is_finite() && min <= r[0] && r[0] <= r[1]
+}
+
+/// `[lo, hi]` with `min <= lo <= hi <= max`, or the key's error.
+fn range_within(key: &'static str, r: [f32; 2], min: f32, max: f32) -> Result<(), Invalid> {
+    if range_ok(r, min) && r[1] <= max {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            key,
+            format!("must be [lo, hi] with {min} <= lo <= hi <= {max}"),
+        ))
+    }
 }
 
 impl Section for DataConfig {
@@ -102,6 +131,11 @@ impl Section for DataConfig {
         if !(0.0..=1.0).contains(&self.intensity_jitter) {
             return Err(Invalid::new("intensity_jitter", "must be 0..=1"));
         }
+        range_within("gamma", self.gamma, 0.1, 10.0)?;
+        range_within("slice_blend", self.slice_blend, 0.0, 1.0)?;
+        range_within("low_resolution", self.low_resolution, 1.0, 8.0)?;
+        range_within("blur_sigma", self.blur_sigma, 0.0, 16.0)?;
+        range_within("noise_sd", self.noise_sd, 0.0, 1.0)?;
         if !(0.0..1.0).contains(&self.tumour_fraction) {
             return Err(Invalid::new("tumour_fraction", "must be in [0, 1)"));
         }

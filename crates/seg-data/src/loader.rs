@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::augment::Transform;
+use crate::augment::{Appearance, Transform};
 use crate::config::DataConfig;
 use crate::dataset::{Sample, SliceDataset};
 use crate::mix;
@@ -175,6 +175,7 @@ pub fn prepare(
         if config.augment {
             sample =
                 Transform::sample(config, dataset.size(), &mut rng).apply(&sample, dataset.air());
+            Appearance::sample(config, &mut rng).apply(&mut sample);
         }
         if config.patch_size > 0 {
             sample = patch(&sample, config.patch_size, &mut rng);

@@ -4,15 +4,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
-use ct_io::phantom::{SynthConfig, write_task};
 use ct_io::read_task;
+use ct_phantom::{SynthConfig, write_task};
 use ct_preprocess::settings::PreprocessConfig;
 use ct_preprocess::split::{Split, SplitRecord};
 use ndarray::{Array2, Array3, s};
 use ndarray_npy::read_npy;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use seg_data::augment::Transform;
+use seg_data::augment::{Appearance, Transform};
 use seg_data::{DataConfig, Loader, Sample, SliceDataset, WeightedSampler};
 
 /// A preprocessed dataset of 4 small phantoms (32x32 slices), one case held out.
@@ -127,6 +127,100 @@ fn outside_the_source_is_air_and_background() {
     assert_eq!(rotated.image[[0, 0, 0]], air);
     assert_eq!(rotated.mask[[0, 0]], 0);
     assert_eq!(rotated.image[[1, 16, 16]], 0.5);
+}
+
+/// Mean and standard deviation of a channel.
+fn moments(image: &Array3<f32>, channel: usize) -> (f64, f64) {
+    let plane = image.slice(s![channel, .., ..]);
+    let n = plane.len() as f64;
+    let mean = plane.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = plane
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    (mean, var.sqrt())
+}
+
+#[test]
+fn appearance_changes_the_image_as_each_setting_says_and_never_the_mask() {
+    let sample = square_sample(64, 0.0);
+    let none = Appearance::none();
+    let mut same = sample.clone();
+    none.apply(&mut same);
+    assert_eq!(same, sample, "no change of appearance changes nothing");
+
+    // Noise: the added noise has the asked standard deviation, the same for the same draw.
+    let config = DataConfig {
+        noise_sd: [0.05, 0.05],
+        ..DataConfig::default()
+    };
+    let flat = Sample {
+        image: Array3::from_elem((1, 64, 64), 0.3),
+        mask: Array2::zeros((64, 64)),
+    };
+    let noise = Appearance::sample(&config, &mut ChaCha8Rng::seed_from_u64(1));
+    let (mut a, mut b) = (flat.clone(), flat.clone());
+    noise.apply(&mut a);
+    noise.apply(&mut b);
+    assert_eq!(a, b);
+    let (mean, sd) = moments(&a.image, 0);
+    assert!((mean - 0.3).abs() < 0.005, "noise has mean 0 ({mean})");
+    assert!((sd - 0.05).abs() < 0.005, "noise sd {sd}, asked 0.05");
+
+    // Gamma: the image's own range is kept, a gamma above 1 darkens the middle tones.
+    let mut ramp = Sample {
+        image: Array3::from_shape_fn((1, 8, 8), |(_, r, c)| (r * 8 + c) as f32 / 63.0),
+        mask: Array2::zeros((8, 8)),
+    };
+    let original = ramp.clone();
+    let gamma = Appearance {
+        gamma: 2.0,
+        ..Appearance::none()
+    };
+    gamma.apply(&mut ramp);
+    assert_eq!(ramp.image[[0, 0, 0]], 0.0);
+    assert_eq!(ramp.image[[0, 7, 7]], 1.0);
+    assert!((ramp.image[[0, 4, 0]] - (32.0f32 / 63.0).powi(2)).abs() < 1e-6);
+    assert!(ramp.image.iter().zip(&original.image).all(|(g, o)| g <= o));
+
+    // Blur and a coarser resolution keep the mean and take the square's sharp edge away.
+    for appearance in [
+        Appearance {
+            blur_sigma: 2.0,
+            ..Appearance::none()
+        },
+        Appearance {
+            low_resolution: 4.0,
+            ..Appearance::none()
+        },
+    ] {
+        let mut soft = sample.clone();
+        appearance.apply(&mut soft);
+        assert_eq!(soft.mask, sample.mask, "{appearance:?} leaves the mask");
+        let (mean, _) = moments(&soft.image, 0);
+        let (original_mean, _) = moments(&sample.image, 0);
+        assert!(
+            (mean - original_mean).abs() < 0.01,
+            "{appearance:?}: mean {mean} vs {original_mean}"
+        );
+        let edge = f64::from(soft.image[[0, 20, 32]] - soft.image[[0, 19, 32]]);
+        assert!(edge.abs() < 0.6, "{appearance:?}: edge step {edge}");
+    }
+
+    // Thicker slices: each channel takes in its neighbours, the end ones their one neighbour.
+    let mut stack = Sample {
+        image: Array3::from_shape_fn((3, 4, 4), |(c, _, _)| c as f32),
+        mask: Array2::zeros((4, 4)),
+    };
+    let thick = Appearance {
+        slice_blend: 0.5,
+        ..Appearance::none()
+    };
+    thick.apply(&mut stack);
+    assert_eq!(stack.image[[0, 0, 0]], 0.25);
+    assert_eq!(stack.image[[1, 0, 0]], 1.0);
+    assert_eq!(stack.image[[2, 0, 0]], 1.75);
 }
 
 #[test]
@@ -353,6 +447,11 @@ fn bad_data_settings_are_refused_by_key() {
         ("data.tumour_fraction=1.0", "data.tumour_fraction"),
         ("data.prefetch=0", "data.prefetch"),
         ("data.elastic_sigma=[0.0, 8.0]", "data.elastic_sigma"),
+        ("data.gamma=[0.0, 1.5]", "data.gamma"),
+        ("data.low_resolution=[0.5, 1.0]", "data.low_resolution"),
+        ("data.noise_sd=[0.1, 0.0]", "data.noise_sd"),
+        ("data.slice_blend=[0.0, 2.0]", "data.slice_blend"),
+        ("data.blur_sigma=[-1.0, 1.0]", "data.blur_sigma"),
         ("data.contxt=1", "data.contxt"),
     ] {
         let config =

@@ -163,8 +163,8 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
                 report.output.display(),
                 report.shape,
                 report.tumour_voxels,
-                report.tumour_ml,
-                report.lung_note(),
+                report.notes.tumour_ml,
+                report.notes.lung_note(),
                 report.seconds
             )
         });

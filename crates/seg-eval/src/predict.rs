@@ -9,12 +9,13 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use candle_core::{Device, Tensor};
 use ct_io::{Geometry, Reorientation, Volume};
-use ct_preprocess::lungs::lung_mask;
+use ct_preprocess::lungs::{LungMask, lung_mask};
 use ct_preprocess::settings::{CropMode, Normalisation, PreprocessConfig};
 use ct_preprocess::slices::{decide_crop, network_input, resize_bilinear};
 use ndarray::{Array3, ShapeBuilder};
 use rayon::prelude::*;
 use seg_model::{CheckpointInfo, Model};
+use serde::{Deserialize, Serialize};
 
 use crate::components::{drop_outside, postprocess};
 
@@ -53,10 +54,29 @@ pub struct Prediction {
     pub kept_slices: [usize; 2],
     /// Predicted components removed by post-processing (size, count).
     pub removed_components: usize,
-    /// The lung mask, in the CT's voxel order, when it was needed (lung crop or constraint).
-    pub lungs: Option<Array3<u8>>,
+    /// The lung mask, when it was needed (lung crop or constraint).
+    pub lungs: Option<PredictedLungs>,
     /// Predicted components dropped for lying outside the lungs.
     pub outside_lungs: usize,
+}
+
+/// The lung mask prediction made, kept on its working grid: brought to the CT's resolution and
+/// voxel order only when someone asks for it.
+pub struct PredictedLungs {
+    mask: LungMask,
+    reorientation: Reorientation,
+}
+
+impl PredictedLungs {
+    /// Lung volume (ml); 0 when no lung was found.
+    pub fn volume_ml(&self) -> f64 {
+        self.mask.volume_ml
+    }
+
+    /// The mask in the CT's own voxel order: 1 inside the lungs.
+    pub fn in_file_order(&self) -> Array3<u8> {
+        self.reorientation.restore(self.mask.to_canonical().view())
+    }
 }
 
 /// A loaded checkpoint with the preprocessing it was trained with.
@@ -212,7 +232,10 @@ impl Predictor {
             probabilities: reorientation.restore(canonical.view()),
             kept_slices: [first, end],
             removed_components,
-            lungs: lungs.map(|l| reorientation.restore(l.to_canonical().view())),
+            lungs: lungs.map(|mask| PredictedLungs {
+                mask,
+                reorientation,
+            }),
             outside_lungs,
         })
     }
@@ -312,18 +335,27 @@ pub struct JobReport {
     pub input: PathBuf,
     pub output: PathBuf,
     pub shape: [usize; 3],
+    pub tumour_voxels: u64,
+    pub notes: PredictionNotes,
+    pub seconds: f64,
+}
+
+/// What prediction made of one CT beyond its mask: recorded by the predict stage beside the masks
+/// for the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionNotes {
     /// Canonical axial slices the network saw, `[first, end)`.
     pub kept_slices: [usize; 2],
-    pub tumour_voxels: u64,
     pub tumour_ml: f64,
     /// Lung volume (ml) when the lung mask was made; 0 when no lung was found.
     pub lung_ml: Option<f64>,
     /// Predicted components dropped for lying outside the lungs.
     pub outside_lungs: usize,
-    pub seconds: f64,
+    /// Predicted components removed by post-processing (size, count).
+    pub removed_components: usize,
 }
 
-impl JobReport {
+impl PredictionNotes {
     /// The lung mask's part of the job, in words.
     pub fn lung_note(&self) -> String {
         match self.lung_ml {
@@ -351,7 +383,7 @@ pub fn run_job(predictor: &Predictor, job: &Job) -> anyhow::Result<JobReport> {
         write(path, &prediction.probabilities, &volume.geometry)?;
     }
     if let (Some(path), Some(lungs)) = (&job.lungs, &prediction.lungs) {
-        write(path, lungs, &volume.geometry)?;
+        write(path, &lungs.in_file_order(), &volume.geometry)?;
     }
     let voxel_ml = volume.geometry.spacing.iter().product::<f64>() / 1000.0;
     let tumour_voxels = prediction.mask.iter().filter(|v| **v != 0).count() as u64;
@@ -359,14 +391,14 @@ pub fn run_job(predictor: &Predictor, job: &Job) -> anyhow::Result<JobReport> {
         input: job.input.clone(),
         output: job.output.clone(),
         shape: volume.geometry.shape,
-        kept_slices: prediction.kept_slices,
         tumour_voxels,
-        tumour_ml: tumour_voxels as f64 * voxel_ml,
-        lung_ml: prediction
-            .lungs
-            .as_ref()
-            .map(|l| l.iter().filter(|v| **v != 0).count() as f64 * voxel_ml),
-        outside_lungs: prediction.outside_lungs,
+        notes: PredictionNotes {
+            kept_slices: prediction.kept_slices,
+            tumour_ml: tumour_voxels as f64 * voxel_ml,
+            lung_ml: prediction.lungs.as_ref().map(PredictedLungs::volume_ml),
+            outside_lungs: prediction.outside_lungs,
+            removed_components: prediction.removed_components,
+        },
         seconds: start.elapsed().as_secs_f64(),
     })
 }

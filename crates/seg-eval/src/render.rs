@@ -1,17 +1,20 @@
-//! Axial slices as pictures: the CT in a window, the reference and predicted contours on top, in
-//! the radiological convention (patient's right on the viewer's left, anterior up), with a label.
+//! Axial slices as pictures: the CT in a window, the lungs', the reference's and the prediction's
+//! contours on top, in the radiological convention (patient's right on the viewer's left, anterior up), with a label.
 //! Pictures are palette images: one palette serves the PNGs and the animated GIF.
 
 use ndarray::ArrayView3;
 
+/// Palette index of the lung contour.
+pub const LUNGS: u8 = 253;
 /// Palette index of the reference contour.
 pub const REFERENCE: u8 = 254;
 /// Palette index of the predicted contour.
 pub const PREDICTION: u8 = 255;
 const WHITE: u8 = GRAY_LEVELS - 1;
-const GRAY_LEVELS: u8 = 254;
+const GRAY_LEVELS: u8 = 253;
 
-/// 254 gray levels, then the reference colour (green) and the prediction colour (magenta).
+/// 253 gray levels, then the lung colour (amber), the reference colour (green) and the prediction
+/// colour (magenta).
 pub fn palette() -> Vec<[u8; 3]> {
     let mut colours: Vec<[u8; 3]> = (0..GRAY_LEVELS)
         .map(|g| {
@@ -19,6 +22,7 @@ pub fn palette() -> Vec<[u8; 3]> {
             [v, v, v]
         })
         .collect();
+    colours.push([255, 170, 0]);
     colours.push([40, 220, 60]);
     colours.push([255, 40, 200]);
     colours
@@ -98,6 +102,8 @@ pub struct SliceSource<'a> {
     pub ct: ArrayView3<'a, f32>,
     pub reference: Option<ArrayView3<'a, u8>>,
     pub prediction: ArrayView3<'a, u8>,
+    /// The lung mask the prediction was filtered with, if it was kept.
+    pub lungs: Option<ArrayView3<'a, u8>>,
     /// Canonical in-plane spacing (mm) along x and y.
     pub spacing: [f64; 2],
     /// [lo, hi] HU mapped to black..white.
@@ -106,7 +112,8 @@ pub struct SliceSource<'a> {
 
 impl SliceSource<'_> {
     /// Axial slice `k` drawn about `longest` pixels along its longer side (keeping the aspect of
-    /// the voxels in mm), contours on top: the prediction over the reference where both lie.
+    /// the voxels in mm), contours on top: the prediction over the reference over the lungs where
+    /// they meet.
     pub fn draw(&self, k: usize, longest: usize) -> Picture {
         let (nx, ny, _) = self.ct.dim();
         let width_mm = nx as f64 * self.spacing[0];
@@ -116,6 +123,7 @@ impl SliceSource<'_> {
         let height = ((height_mm / mm_per_pixel).round() as usize).max(1);
         let reference = self.reference.map(|r| contour(r, k));
         let prediction = contour(self.prediction, k);
+        let lungs = self.lungs.map(|l| contour(l, k));
         let [lo, hi] = self.window;
         let mut pixels = Vec::with_capacity(width * height);
         for row in 0..height {
@@ -128,6 +136,8 @@ impl SliceSource<'_> {
                     PREDICTION
                 } else if reference.as_ref().is_some_and(|r| r[at]) {
                     REFERENCE
+                } else if lungs.as_ref().is_some_and(|l| l[at]) {
+                    LUNGS
                 } else {
                     let t = ((self.ct[[x, y, k]] - lo) / (hi - lo)).clamp(0.0, 1.0);
                     (t * f32::from(GRAY_LEVELS - 1)).round() as u8
@@ -176,10 +186,14 @@ mod tests {
         }
         let mut prediction = Array3::<u8>::zeros((4, 4, 1));
         prediction[[0, 3, 0]] = 1; // left, anterior: top right of the picture
+        let mut lungs = Array3::<u8>::zeros((4, 4, 1));
+        lungs[[0, 0, 0]] = 1; // left, posterior: bottom right
+        lungs[[0, 3, 0]] = 1; // under the prediction, which wins
         let source = SliceSource {
             ct: ct.view(),
             reference: None,
             prediction: prediction.view(),
+            lungs: Some(lungs.view()),
             spacing: [1.0, 1.0],
             window: [-1000.0, 1000.0],
         };
@@ -188,5 +202,6 @@ mod tests {
         assert_eq!(picture.pixels[0], WHITE);
         assert_eq!(picture.pixels[3], PREDICTION);
         assert_eq!(picture.pixels[4 * 3 + 1], 0);
+        assert_eq!(picture.pixels[4 * 3 + 3], LUNGS);
     }
 }

@@ -12,7 +12,8 @@ use ndarray::Axis;
 
 use crate::evaluate::{Statistic, Summary};
 use crate::metrics::CaseMetrics;
-use crate::render::{PREDICTION, Picture, REFERENCE, SliceSource, palette};
+use crate::predict::PredictionNotes;
+use crate::render::{LUNGS, PREDICTION, Picture, REFERENCE, SliceSource, palette};
 
 pub const REPORT_FILE: &str = "report.html";
 const OVERLAYS_DIR: &str = "overlays";
@@ -40,6 +41,10 @@ pub struct CaseFiles {
     pub ct: PathBuf,
     pub reference: PathBuf,
     pub prediction: PathBuf,
+    /// The lung mask the prediction was filtered with, if the predict stage kept one.
+    pub lungs: Option<PathBuf>,
+    /// What the predict stage recorded of this case, if it did.
+    pub notes: Option<PredictionNotes>,
 }
 
 /// One overlay as the page shows it.
@@ -132,10 +137,20 @@ fn draw_case(
     let options = ct_io::ReadOptions::default();
     let reference = read_mask_with(&case.reference, &options)?;
     let prediction = read_mask_with(&case.prediction, &options)?;
+    let lungs = match &case.lungs {
+        Some(path) => Some(read_mask_with(path, &options)?),
+        None => None,
+    };
     for (path, shape) in [
         (&case.reference, reference.geometry.shape),
         (&case.prediction, prediction.geometry.shape),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        case.lungs
+            .iter()
+            .zip(lungs.iter().map(|l| l.geometry.shape)),
+    ) {
         ensure!(
             shape == ct.geometry.shape,
             "{}: shape {shape:?} differs from its CT {} ({:?})",
@@ -150,6 +165,9 @@ fn draw_case(
         ct: reorientation.canonical_view(ct.data.view()),
         reference: Some(reorientation.canonical_view(reference.data.view())),
         prediction: reorientation.canonical_view(prediction.data.view()),
+        lungs: lungs
+            .as_ref()
+            .map(|l| reorientation.canonical_view(l.data.view())),
         spacing: [spacing[0], spacing[1]],
         window: inputs.window,
     };
@@ -253,11 +271,21 @@ fn page(
          th{{background:#eee}}td:first-child,th:first-child{{text-align:left}}\
          figure{{display:inline-block;margin:0 1em 1em 0;vertical-align:top}}figcaption{{max-width:512px;font-size:90%}}\
          .ref{{color:{reference};font-weight:bold}}.pred{{color:{prediction};font-weight:bold}}\
+         .lungs{{color:{lungs};font-weight:bold}}\
          </style></head><body>\n<h1>{title}</h1>\n",
         title = escape(&inputs.title),
         reference = colour(REFERENCE),
         prediction = colour(PREDICTION),
+        lungs = colour(LUNGS),
     );
+    let notes = |case: &str| {
+        inputs
+            .cases
+            .iter()
+            .find(|f| f.id == case)
+            .and_then(|f| f.notes.as_ref())
+    };
+    let has_notes = inputs.cases.iter().any(|f| f.notes.is_some());
     html.push_str("<table>\n");
     for (key, value) in &inputs.facts {
         let _ = writeln!(
@@ -304,17 +332,41 @@ fn page(
          {} predicted components touch no reference lesion.</p>",
         l.reference, l.detected, l.missed, l.false_positive
     );
+    let constrained: Vec<&PredictionNotes> = inputs
+        .cases
+        .iter()
+        .filter_map(|f| f.notes.as_ref())
+        .filter(|n| n.lung_ml.is_some())
+        .collect();
+    if !constrained.is_empty() {
+        let _ = writeln!(
+            html,
+            "<p>Lung mask: made for {} of {} cases ({} without lungs found); {} predicted \
+             components outside the grown lungs were dropped before evaluation.</p>",
+            constrained.len(),
+            inputs.cases.len(),
+            constrained
+                .iter()
+                .filter(|n| n.lung_ml == Some(0.0))
+                .count(),
+            constrained.iter().map(|n| n.outside_lungs).sum::<usize>()
+        );
+    }
 
     html.push_str(
         "<h2>Per case</h2>\n<table><tr><th>case</th><th>Dice</th><th>IoU</th><th>precision</th>\
          <th>recall</th><th>HD95 (mm)</th><th>reference ml</th><th>predicted ml</th>\
-         <th>lesions</th><th>detected</th><th>false positives</th></tr>\n",
+         <th>lesions</th><th>detected</th><th>false positives</th>",
     );
+    if has_notes {
+        html.push_str("<th>slices seen</th><th>lungs ml</th><th>dropped outside lungs</th>");
+    }
+    html.push_str("</tr>\n");
     for c in inputs.per_case {
-        let _ = writeln!(
+        let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td>\
-             <td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td>",
             escape(&c.case),
             number(c.dice),
             number(c.iou),
@@ -327,6 +379,26 @@ fn page(
             c.detected_lesions,
             c.false_positive_lesions
         );
+        if has_notes {
+            let _ = write!(
+                html,
+                "{}",
+                notes(&c.case).map_or("<td>–</td><td>–</td><td>–</td>".to_string(), |n| {
+                    format!(
+                        "<td>{}–{}</td><td>{}</td><td>{}</td>",
+                        n.kept_slices[0],
+                        n.kept_slices[1],
+                        n.lung_ml.map_or("–".to_string(), |ml| format!("{ml:.0}")),
+                        if n.lung_ml.is_some() {
+                            n.outside_lungs.to_string()
+                        } else {
+                            "–".to_string()
+                        }
+                    )
+                })
+            );
+        }
+        html.push_str("</tr>\n");
     }
     html.push_str("</table>\n");
 
@@ -341,8 +413,14 @@ fn page(
         html,
         "<h2>Overlays</h2>\n<p>CT in a window of [{}, {}] HU, radiological view (the patient's right on \
          the left, anterior up). Contours: <span class=\"ref\">reference</span>, \
-         <span class=\"pred\">prediction</span>.</p>",
-        inputs.window[0], inputs.window[1]
+         <span class=\"pred\">prediction</span>{}.</p>",
+        inputs.window[0],
+        inputs.window[1],
+        if inputs.cases.iter().any(|f| f.lungs.is_some()) {
+            ", <span class=\"lungs\">lungs</span> (the mask predictions were filtered with)"
+        } else {
+            ""
+        }
     );
     if let Some(animation) = animation {
         let _ = writeln!(

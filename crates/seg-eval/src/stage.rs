@@ -2,6 +2,7 @@
 //! (and `imagesTs`) of a run, evaluate the validation predictions against `labelsTr`, draw the
 //! report. Everything goes below the run's folder, `work_dir/runs/<train.run>/`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
@@ -16,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::EvalConfig;
 use crate::evaluate::{self, PER_CASE_FILE, SUMMARY_FILE, Summary};
-use crate::predict::{Job, JobReport, PredictOptions, Predictor, plan, run_job};
+use crate::predict::{
+    Job, JobReport, PROBABILITIES_DIR, PredictOptions, PredictionNotes, Predictor, plan, run_job,
+};
 use crate::report::{CaseFiles, ReportInputs, write_report};
 
 pub const PREDICTIONS_DIR: &str = "predictions";
@@ -26,6 +29,11 @@ pub const EVALUATION_DIR: &str = "evaluation";
 pub const REPORT_DIR: &str = "report";
 /// Records what the predictions in a folder were made with, so a rerun knows what is current.
 const STAMP_FILE: &str = ".predictions.json";
+/// Beside the masks: what prediction made of each CT ([`PredictionNotes`] by mask file name).
+pub const NOTES_FILE: &str = "notes.json";
+/// The subfolder of a predictions folder that holds the lung masks the predictions were filtered
+/// with, one per CT under the mask's file name.
+pub const LUNGS_DIR: &str = "lungs";
 
 /// The run and settings the stages work on.
 pub struct Stage {
@@ -144,6 +152,10 @@ pub fn predict(stage: &Stage, device: Option<&str>) -> anyhow::Result<Vec<Folder
             .collect::<anyhow::Result<Vec<_>>>()?
             .into_iter()
             .flatten()
+            .map(|mut job| {
+                job.lungs = Some(folder.join(LUNGS_DIR).join(mask_name(&job.output)));
+                job
+            })
             .collect();
         remove_stale(&folder, &jobs)?;
         let stamp_path = folder.join(STAMP_FILE);
@@ -151,8 +163,17 @@ pub fn predict(stage: &Stage, device: Option<&str>) -> anyhow::Result<Vec<Folder
             .ok()
             .and_then(|t| serde_json::from_str::<PredictionStamp>(&t).ok())
             .is_some_and(|old| old == stamp);
-        let (fresh, todo): (Vec<&Job>, Vec<&Job>) =
-            jobs.iter().partition(|job| current && is_current(job));
+        let mut notes = if current {
+            read_notes(&folder)
+        } else {
+            BTreeMap::new()
+        };
+        let (fresh, todo): (Vec<&Job>, Vec<&Job>) = jobs.iter().partition(|job| {
+            notes
+                .get(&mask_name(&job.output))
+                .is_some_and(|n| is_current(job, n))
+        });
+        notes.retain(|name, _| fresh.iter().any(|job| &mask_name(&job.output) == name));
         if todo.is_empty() {
             out.push(FolderPredictions {
                 folder,
@@ -171,18 +192,24 @@ pub fn predict(stage: &Stage, device: Option<&str>) -> anyhow::Result<Vec<Folder
         let mut predicted = Vec::new();
         for job in todo {
             let report = run_job(predictor, job)?;
+            if report.notes.lung_ml.is_none() {
+                // Made without a lung mask: an older one would be drawn as if it had been used.
+                remove_if_present(job.lungs.as_deref().expect("set above"))?;
+            }
+            notes.insert(mask_name(&job.output), report.notes.clone());
             tracing::info!(
                 "{} → {}: {:.2} ml of tumour, {} ({:.1} s)",
                 report.input.display(),
                 report.output.display(),
-                report.tumour_ml,
-                report.lung_note(),
+                report.notes.tumour_ml,
+                report.notes.lung_note(),
                 report.seconds
             );
             predicted.push(report);
             bar.inc(1);
         }
         bar.finish_and_clear();
+        ct_io::atomic::write_json(&folder.join(NOTES_FILE), &notes)?;
         ct_io::atomic::write_json(&stamp_path, &stamp)?;
         out.push(FolderPredictions {
             folder,
@@ -203,25 +230,63 @@ fn checkpoint_weights(checkpoint: &Path) -> anyhow::Result<PathBuf> {
     Ok(weights)
 }
 
-/// A mask (and its probabilities, if asked) that exists and is newer than its CT.
-fn is_current(job: &Job) -> bool {
+/// A mask (and its probabilities and lung mask, where it has them) that exists and is newer than
+/// its CT.
+fn is_current(job: &Job, notes: &PredictionNotes) -> bool {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let Some(input) = modified(&job.input) else {
         return false;
     };
+    let lungs = job.lungs.as_ref().filter(|_| notes.lung_ml.is_some());
     std::iter::once(&job.output)
         .chain(job.probabilities.as_ref())
+        .chain(lungs)
         .all(|p| modified(p).is_some_and(|t| t >= input))
 }
 
-/// Removes masks in `folder` that no job writes (a case that left the split, say).
-fn remove_stale(folder: &Path, jobs: &[Job]) -> anyhow::Result<()> {
-    if !folder.is_dir() {
-        return Ok(());
+/// The file name of a mask, the key of its notes and of its lung mask.
+fn mask_name(mask: &Path) -> String {
+    mask.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The notes of a predictions folder; empty when it has none (or unreadable ones: then every
+/// mask is predicted again).
+pub fn read_notes(folder: &Path) -> BTreeMap<String, PredictionNotes> {
+    std::fs::read_to_string(folder.join(NOTES_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
     }
-    for file in nifti_files(folder)? {
-        if !jobs.iter().any(|j| j.output == file) {
-            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+}
+
+/// Removes masks (and probabilities, lung masks) in `folder` that no job writes (a case that left
+/// the split, say).
+fn remove_stale(folder: &Path, jobs: &[Job]) -> anyhow::Result<()> {
+    for dir in [
+        folder.to_path_buf(),
+        folder.join(PROBABILITIES_DIR),
+        folder.join(LUNGS_DIR),
+    ] {
+        if !dir.is_dir() {
+            continue;
+        }
+        for file in nifti_files(&dir)? {
+            if !jobs.iter().any(|j| {
+                [Some(&j.output), j.probabilities.as_ref(), j.lungs.as_ref()].contains(&Some(&file))
+            }) {
+                remove_if_present(&file)?;
+            }
         }
     }
     Ok(())
@@ -251,6 +316,7 @@ pub fn report(stage: &Stage) -> anyhow::Result<PathBuf> {
     )
     .with_context(|| format!("{}: malformed", summary_path.display()))?;
     let predictions = nifti_files(&summary.predictions)?;
+    let notes = read_notes(&summary.predictions);
     let cases = per_case
         .iter()
         .map(|metrics| {
@@ -271,11 +337,15 @@ pub fn report(stage: &Stage) -> anyhow::Result<PathBuf> {
                         summary.predictions.display()
                     )
                 })?;
+            let name = mask_name(prediction);
+            let lungs = summary.predictions.join(LUNGS_DIR).join(&name);
             Ok(CaseFiles {
                 id: case.id.clone(),
                 ct: case.image.clone(),
                 reference: case.label.clone().context("a training case has a label")?,
                 prediction: prediction.clone(),
+                lungs: lungs.is_file().then_some(lungs),
+                notes: notes.get(&name).cloned(),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

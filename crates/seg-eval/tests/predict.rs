@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ct_io::phantom::{SynthConfig, write_task};
 use ct_io::{Datatype, Reorientation, read_volume};
+use ct_phantom::{SynthConfig, write_task};
 use ct_preprocess::settings::PreprocessConfig;
 use seg_eval::predict::{PredictOptions, Predictor, plan, run_job};
 use seg_model::{Model, ModelConfig};

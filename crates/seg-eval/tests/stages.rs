@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ct_io::config::Config;
-use ct_io::phantom::{SynthConfig, write_task};
+use ct_phantom::{SynthConfig, write_task};
 use ct_preprocess::manifest::{MANIFEST_FILE, Manifest, PREPROCESSED_DIR};
 use seg_eval::evaluate::{SUMMARY_FILE, Summary, read_per_case};
-use seg_eval::stage::{self, Stage, TEST, VALIDATION};
+use seg_eval::stage::{self, LUNGS_DIR, Stage, TEST, VALIDATION};
 use seg_model::{Model, ModelConfig};
 
 fn config(dir: &Path, overrides: &[&str]) -> Config {
@@ -77,6 +77,21 @@ fn the_stages_predict_evaluate_and_report_a_run() {
     assert_eq!(folders.iter().map(|f| f.predicted.len()).sum::<usize>(), 3);
     assert_eq!(names(&stage.predictions(VALIDATION)).len(), 2);
     assert_eq!(names(&stage.predictions(TEST)), ["lung_005"]);
+    // Beside the masks: what prediction made of each CT, and the lung masks it filtered with.
+    let validation = stage.predictions(VALIDATION);
+    let notes = stage::read_notes(&validation);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    for (name, note) in &notes {
+        assert!(
+            note.lung_ml.is_some(),
+            "{name}: the lung constraint is on by default"
+        );
+        assert!(
+            validation.join(LUNGS_DIR).join(name).is_file(),
+            "{name}: no lung mask"
+        );
+        assert!(note.kept_slices[0] < note.kept_slices[1]);
+    }
     // Nothing changed: nothing is predicted again.
     let again = stage::predict(&stage, None).unwrap();
     assert!(again.iter().all(|f| f.predicted.is_empty() && f.reused > 0));
@@ -84,6 +99,15 @@ fn the_stages_predict_evaluate_and_report_a_run() {
     let changed = Stage::from_config(&config(dir.path(), &["eval.threshold=0.3"])).unwrap();
     let redone = stage::predict(&changed, None).unwrap();
     assert_eq!(redone.iter().map(|f| f.predicted.len()).sum::<usize>(), 3);
+    // Without the constraint (and with the inferior crop) no lung mask is made: none is left
+    // to be drawn as if it had been used.
+    let unconstrained =
+        Stage::from_config(&config(dir.path(), &["eval.lung_constraint=false"])).unwrap();
+    stage::predict(&unconstrained, None).unwrap();
+    let notes = stage::read_notes(&validation);
+    assert!(notes.values().all(|n| n.lung_ml.is_none()), "{notes:?}");
+    assert!(names(&validation.join(LUNGS_DIR)).is_empty());
+    stage::predict(&stage, None).unwrap();
 
     let summary = stage::evaluate(&stage).unwrap();
     assert_eq!(summary.cases, 2);
@@ -123,6 +147,14 @@ fn the_stages_predict_evaluate_and_report_a_run() {
     for case in names(&stage.predictions(VALIDATION)) {
         assert!(html.contains(&case));
     }
+    assert!(
+        html.contains("dropped outside lungs"),
+        "the per-case table counts them"
+    );
+    assert!(
+        html.contains("class=\"lungs\""),
+        "the overlays' legend names the lung contour"
+    );
     let gif = sources.iter().find(|s| s.ends_with(".gif")).unwrap();
     let bytes = std::fs::read(page.parent().unwrap().join(gif)).unwrap();
     assert!(bytes.starts_with(b"GIF89a"));

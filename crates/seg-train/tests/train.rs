@@ -13,7 +13,7 @@ use seg_train::{TrainOptions, read_metrics, train, weights};
 /// A work folder with 5 preprocessed phantoms (32x32 slices) and a config file for them.
 fn setup(dir: &Path, train_section: &str) -> PathBuf {
     let task = dir.join("task");
-    let synth = ct_io::phantom::SynthConfig {
+    let synth = ct_phantom::SynthConfig {
         cases: 5,
         test_cases: 0,
         size: 48,
@@ -21,7 +21,7 @@ fn setup(dir: &Path, train_section: &str) -> PathBuf {
         seed: 12,
         orientation: "LAS".into(),
     };
-    ct_io::phantom::write_task(&task, &synth).unwrap();
+    ct_phantom::write_task(&task, &synth).unwrap();
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
