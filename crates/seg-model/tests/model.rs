@@ -522,7 +522,6 @@ fn the_shipped_configs_have_valid_model_sections() {
 
 #[test]
 fn conv3x3_equals_candles_conv_with_exact_gradients_for_input_kernel_and_bias() {
-    let device = Device::Cpu;
     // Few input channels (stacked shifts), many (accumulated shifted products), and many on
     // both sides of an image large enough for Winograd, one image (products run in parallel).
     let last = seg_model::conv::Dims {
@@ -630,7 +629,6 @@ fn the_concatenating_convolution_equals_conv_of_the_concatenation_with_exact_gra
 fn the_gpu_convolution_has_exact_gradients_too() {
     // The composition used off the CPU (candle's conv2d + a companion op carrying the gradients)
     // runs on CPU as well: the same values as the CPU kernel, and exact gradients.
-    let device = Device::Cpu;
     let x = randn(DType::F64, 1.0, (2, 3, 5, 4)).unwrap();
     let w = randn(DType::F64, 0.3, (4, 3, 3, 3)).unwrap();
     let b = randn(DType::F64, 1.0, 4).unwrap();
