@@ -70,6 +70,8 @@ pub(crate) struct Anatomy {
     /// The body outline's harmonics 2..=5 as amplitude x (cos, sin) of their phase: no patient
     /// is an ellipse.
     outline: [(f64, f64); 4],
+    /// The widest the outline factor gets (z's wobble and every harmonic at its peak).
+    outline_reach: f64,
     pub fat: f64,
     pub lung_base: f64,
     pub lung_top: f64,
@@ -198,6 +200,7 @@ impl Anatomy {
             fov,
             body: [bx, by],
             outline,
+            outline_reach: 1.03 + outline.iter().map(|(a, b)| hypot(*a, *b)).sum::<f64>(),
             fat,
             lung_base,
             lung_top,
@@ -328,8 +331,7 @@ impl Anatomy {
         let (u, v) = (x / bx, (y - centre_y) / by);
         let rho = hypot(u, v);
         // Beyond the widest the outline gets: outside, no need to work the outline out.
-        let widest = 1.03 + self.outline.iter().map(|(a, b)| hypot(*a, *b)).sum::<f64>();
-        if rho > widest {
+        if rho > self.outline_reach {
             return (self.outside(p), Region::Other);
         }
         let direction = if rho > 0.0 {
@@ -449,7 +451,7 @@ impl Anatomy {
                 hu::FLUID
             };
         }
-        if x > -0.3 * bx && z > base - self.liver_height + 0.3 * (x - bx).abs() * 0.5 {
+        if x > -0.3 * bx && z > base - self.liver_height + 0.15 * (x - bx).abs() {
             return hu::LIVER;
         }
         let spleen = ((x + 0.55 * bx) / 30.0).powi(2)
