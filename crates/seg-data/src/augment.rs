@@ -219,9 +219,12 @@ impl Appearance {
         }
         if self.low_resolution > 1.0 {
             let coarse = [h, w].map(|n| ((n as f32 / self.low_resolution).round() as usize).max(2));
+            // Smoothed first: the antialiasing filter a scanner's coarser grid would have.
+            let kernel = gaussian_kernel(self.low_resolution / 2.0);
             for mut plane in sample.image.axis_iter_mut(Axis(0)) {
-                let pixels: Vec<f32> = plane.iter().copied().collect();
-                let small = smooth_and_resize(&pixels, [h, w], coarse, self.low_resolution / 2.0);
+                let smooth = blur_2d(&plane.to_owned(), &kernel);
+                let small =
+                    resize_bilinear(smooth.as_slice().expect("standard layout"), [h, w], coarse);
                 let back = resize_bilinear(&small, coarse, [h, w]);
                 plane.iter_mut().zip(back).for_each(|(o, v)| *o = v);
             }
@@ -229,8 +232,8 @@ impl Appearance {
         if self.blur_sigma > 0.0 {
             let kernel = gaussian_kernel(self.blur_sigma);
             for mut plane in sample.image.axis_iter_mut(Axis(0)) {
-                let rows = blur_axis(&plane.to_owned(), &kernel, Axis(1));
-                plane.assign(&blur_axis(&rows, &kernel, Axis(0)));
+                let blurred = blur_2d(&plane.to_owned(), &kernel);
+                plane.assign(&blurred);
             }
         }
         if self.gamma != 1.0 {
@@ -259,23 +262,11 @@ impl Appearance {
     }
 }
 
-/// Gaussian-smooths a row-major `from` image with `sigma` pixels (an antialiasing filter), then
-/// resizes it bilinearly to `to`.
-fn smooth_and_resize(pixels: &[f32], from: [usize; 2], to: [usize; 2], sigma: f32) -> Vec<f32> {
-    let image = Array2::from_shape_vec((from[0], from[1]), pixels.to_vec()).expect("sized");
-    let kernel = gaussian_kernel(sigma);
-    let rows = blur_axis(&image, &kernel, Axis(1));
-    let smooth = blur_axis(&rows, &kernel, Axis(0));
-    resize_bilinear(smooth.as_slice().expect("standard layout"), from, to)
-}
-
 /// A displacement field as imgaug's ElasticTransformation draws it: uniform noise in [−1, 1],
 /// smoothed by a Gaussian of `sigma` pixels (reflecting at the borders), times `alpha`.
 fn elastic_field(size: usize, alpha: f32, sigma: f32, rng: &mut impl Rng) -> Array2<f32> {
     let noise = Array2::from_shape_simple_fn((size, size), || rng.random_range(-1.0f32..=1.0));
-    let kernel = gaussian_kernel(sigma);
-    let rows = blur_axis(&noise, &kernel, Axis(1));
-    let mut field = blur_axis(&rows, &kernel, Axis(0));
+    let mut field = blur_2d(&noise, &gaussian_kernel(sigma));
     field.mapv_inplace(|v| v * alpha);
     field
 }
@@ -288,6 +279,11 @@ fn gaussian_kernel(sigma: f32) -> Vec<f32> {
     let sum: f32 = kernel.iter().sum();
     kernel.iter_mut().for_each(|v| *v /= sum);
     kernel
+}
+
+/// `kernel` within each row, then within each column: a separable 2D blur.
+fn blur_2d(image: &Array2<f32>, kernel: &[f32]) -> Array2<f32> {
+    blur_axis(&blur_axis(image, kernel, Axis(1)), kernel, Axis(0))
 }
 
 /// 1D convolution along `axis` with reflection at the borders (scipy's "reflect").
