@@ -41,6 +41,9 @@ const MAX_HOLE_CM2: f64 = 30.0;
 /// How far (mm) a lung slice's convex hull may reach beyond its air: enough to take in a tumour
 /// of 3 cm against the mediastinum or the diaphragm, not the heart behind it.
 pub const HULL_REACH_MM: f64 = 15.0;
+/// How far (mm) the mask is grown before a predicted tumour must touch it (seg-eval's lung
+/// constraint): slack for a tumour that bulges past the lung's outline.
+pub const CONSTRAINT_MARGIN_MM: f64 = 5.0;
 /// The lungs' axial extent counts the slices holding at least this much lung (cm²): not the
 /// trachea running up the neck (2-3 cm²), which the airways join to the lungs.
 pub const MIN_EXTENT_CM2: f64 = 5.0;

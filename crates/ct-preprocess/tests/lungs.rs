@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ct_io::nii::ReadOptions;
 use ct_io::{Reorientation, read_mask_with, read_volume};
 use ct_phantom::{Field, Phantom, SynthConfig, case_field, generate_case};
-use ct_preprocess::lungs::{LungMask, MIN_EXTENT_CM2, lung_mask};
+use ct_preprocess::lungs::{CONSTRAINT_MARGIN_MM, LungMask, MIN_EXTENT_CM2, lung_mask};
 use ct_preprocess::mask::Components;
 use ct_preprocess::settings::{CropMode, PreprocessConfig};
 use ct_preprocess::slices::decide_crop;
@@ -66,7 +66,7 @@ fn outside(mask: &Array3<u8>, label: &Array3<u8>) -> usize {
 /// outside (half of a nodule on the outer rim of the lung's base, at 5 mm slices).
 fn assert_tumours_held(mask: &LungMask, label: &Array3<u8>, what: &str) -> (usize, usize) {
     let components = Components::of(label.view());
-    let grown = mask.dilated(LUNG_CONSTRAINT_MM);
+    let grown = mask.dilated(CONSTRAINT_MARGIN_MM);
     let touching = components.overlapping(grown.view());
     assert!(
         touching.iter().all(|t| *t),
@@ -80,9 +80,6 @@ fn assert_tumours_held(mask: &LungMask, label: &Array3<u8>, what: &str) -> (usiz
     let total = label.iter().filter(|v| **v != 0).count();
     (total - outside(&mask.to_canonical(), label), total)
 }
-
-/// How far seg-eval's lung constraint grows the mask.
-const LUNG_CONSTRAINT_MM: f64 = 5.0;
 
 #[test]
 fn on_phantoms_the_mask_matches_their_lungs_and_holds_every_tumour() {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use candle_core::{Device, Tensor};
 use ct_io::{Geometry, Reorientation, Volume};
-use ct_preprocess::lungs::{LungMask, lung_mask};
+use ct_preprocess::lungs::{CONSTRAINT_MARGIN_MM, LungMask, lung_mask};
 use ct_preprocess::settings::{CropMode, Normalisation, PreprocessConfig};
 use ct_preprocess::slices::{decide_crop, network_input, resize_bilinear};
 use ndarray::{Array3, ShapeBuilder};
@@ -18,10 +18,6 @@ use seg_model::{CheckpointInfo, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::components::{drop_outside, postprocess};
-
-/// How far (mm) the lung mask is grown before predicted components that miss it are dropped:
-/// slack for a tumour that bulges past the lung's outline.
-pub const LUNG_CONSTRAINT_MARGIN_MM: f64 = 5.0;
 
 /// How probabilities become a mask.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,10 +217,9 @@ impl Predictor {
             self.options.keep_largest,
         );
         let outside_lungs = match &lungs {
-            Some(lungs) if self.options.lung_constraint => drop_outside(
-                mask.view_mut(),
-                lungs.dilated(LUNG_CONSTRAINT_MARGIN_MM).view(),
-            ),
+            Some(lungs) if self.options.lung_constraint => {
+                drop_outside(mask.view_mut(), lungs.dilated(CONSTRAINT_MARGIN_MM).view())
+            }
             _ => 0,
         };
         Ok(Prediction {
