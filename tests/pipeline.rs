@@ -140,6 +140,44 @@ fn the_pipeline_runs_end_to_end_and_a_second_run_skips_every_stage() {
     assert!(log.contains("== synth: skipped"), "{log}");
     assert_eq!(stamps(work), before, "the second run wrote files");
 
+    // A changed [eval] key reruns predict, evaluate and report, and nothing before them.
+    let (code, log) = pipeline(work, &["--set", "eval.threshold=0.4"]);
+    assert_eq!(code, 0, "{log}");
+    assert_stages(
+        &log,
+        &["preprocess", "train"],
+        &["predict", "evaluate", "report"],
+    );
+    // --from runs that stage and the later ones even when up to date, and no earlier one.
+    let (code, log) = pipeline(work, &["--set", "eval.threshold=0.4", "--from", "evaluate"]);
+    assert_eq!(code, 0, "{log}");
+    assert_stages(&log, &[], &["evaluate", "report"]);
+    for earlier in ["preprocess", "train", "predict"] {
+        assert!(!log.contains(&format!("== {earlier}")), "{earlier}: {log}");
+    }
+    // A changed [preprocess] key reruns it and everything after; the run trained on the old
+    // dataset is not overwritten but refused, until another train.run is given.
+    let trained = stamps(&run);
+    let (code, log) = pipeline(work, &["--set", "preprocess.seed=43"]);
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("== preprocess\n"), "{log}");
+    assert!(
+        log.contains("holds a run made with other settings"),
+        "{log}"
+    );
+    assert_eq!(stamps(&run), trained, "the old run was touched");
+    let (code, log) = pipeline(
+        work,
+        &["--set", "preprocess.seed=43", "--set", "train.run=reseeded"],
+    );
+    assert_eq!(code, 0, "{log}");
+    assert_stages(
+        &log,
+        &["preprocess"],
+        &["train", "predict", "evaluate", "report"],
+    );
+    assert!(work.join("runs/reseeded/best").is_dir());
+
     // A failing stage stops the pipeline with its exit code and error.
     std::fs::remove_dir_all(run.join("predictions/validation")).unwrap();
     let (code, log) = pipeline(work, &["--only", "evaluate"]);
@@ -150,6 +188,45 @@ fn the_pipeline_runs_end_to_end_and_a_second_run_skips_every_stage() {
     let (code, log) = pipeline(work, &["--set", "train.batch_size=0"]);
     assert_eq!(code, 2, "{log}");
     assert!(log.contains("train.batch_size"), "{log}");
+
+    // A task folder that synth did not write (real data: no "synth" record in its dataset.json)
+    // is never overwritten: skipped when [synth] changes, refused when synth is asked for.
+    let task = work.join("Task06_Lung");
+    let dataset_json = task.join("dataset.json");
+    let mut dataset: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dataset_json).unwrap()).unwrap();
+    dataset.as_object_mut().unwrap().remove("synth").unwrap();
+    std::fs::write(&dataset_json, serde_json::to_string(&dataset).unwrap()).unwrap();
+    let data = stamps(&task);
+    let (code, log) = pipeline(
+        work,
+        &["--set", "synth.seed=8", "--set", "train.run=on_real_data"],
+    );
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("== synth: skipped") && log.contains("holds a task folder"),
+        "{log}"
+    );
+    let (code, log) = pipeline(work, &["--set", "synth.seed=8", "--only", "synth"]);
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("that synth did not write"), "{log}");
+    assert_eq!(stamps(&task), data, "the task folder was written");
+}
+
+/// The pipeline's log says each of `skipped` was up to date and each of `ran` ran.
+fn assert_stages(log: &str, skipped: &[&str], ran: &[&str]) {
+    for stage in skipped {
+        assert!(
+            log.contains(&format!("== {stage}: up to date, skipped")),
+            "{stage} should be skipped: {log}"
+        );
+    }
+    for stage in ran {
+        assert!(
+            log.contains(&format!("== {stage}\n")),
+            "{stage} should run: {log}"
+        );
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -1,6 +1,7 @@
 //! nibabel, the reader most users check files with, sees exactly the geometry we meant to write:
 //! the same shape, affine, qform/sform codes and pixdim. Runs when a Python with nibabel is found
-//! (`LUNGSEG_PYTHON`, which `.ci/run` sets up, or `python3`); skips with a message otherwise.
+//! (`LUNGSEG_PYTHON`, which `.ci/run` sets up, or `python3`): the tests are `#[ignore]`d, so that
+//! `cargo test` says they did not run; `cargo test -- --ignored` (and CI) runs them.
 
 mod common;
 
@@ -32,7 +33,7 @@ for spec in json.loads(sys.argv[1]):
 print("ok")
 "#;
 
-fn python() -> Option<String> {
+fn python() -> String {
     let candidates = std::env::var("LUNGSEG_PYTHON")
         .into_iter()
         .chain(["python3".to_string()]);
@@ -42,11 +43,24 @@ fn python() -> Option<String> {
             .output()
             .is_ok_and(|o| o.status.success());
         if ok {
-            return Some(python);
+            return python;
         }
     }
-    eprintln!("skipped: no Python with nibabel (set LUNGSEG_PYTHON; .ci/run installs one)");
-    None
+    panic!("no Python with nibabel: set LUNGSEG_PYTHON (.ci/run installs one)");
+}
+
+/// Has nibabel check `specs` (see `CHECK`).
+fn nibabel_agrees(specs: &[serde_json::Value]) {
+    let out = Command::new(python())
+        .args(["-c", CHECK, &serde_json::to_string(specs).unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nibabel disagrees:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
 
 fn spec(file: &Path, geometry: &Geometry, same_as: Option<&Path>) -> serde_json::Value {
@@ -62,8 +76,8 @@ fn spec(file: &Path, geometry: &Geometry, same_as: Option<&Path>) -> serde_json:
 }
 
 #[test]
+#[ignore = "needs Python with nibabel: LUNGSEG_PYTHON (cargo test -- --ignored)"]
 fn nibabel_reads_the_geometry_we_write() {
-    let Some(python) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut specs = Vec::new();
     for (n, orientation) in ["LAS", "LPS", "PIR"].iter().enumerate() {
@@ -83,24 +97,22 @@ fn nibabel_reads_the_geometry_we_write() {
         write_volume(&mask_file, p.label.view(), &read.geometry).unwrap();
         specs.push(spec(&mask_file, &read.geometry, Some(&file)));
     }
-    if let Some(real) = real_data_dir() {
-        for name in ["lung1_image.nii.gz", "chest_ct_cropped_1p5mm.nii.gz"] {
-            let source = real.join(name);
-            let v = read_volume(&source).unwrap();
-            let out = dir.path().join(format!("mask_{name}"));
-            let mask: Array3<u8> = v.data.mapv(|x| u8::from(x > 0.0));
-            write_volume(&out, mask.view(), &v.geometry).unwrap();
-            specs.push(spec(&out, &v.geometry, Some(&source)));
-        }
+    nibabel_agrees(&specs);
+}
+
+#[test]
+#[ignore = "needs the real CTs in ../shared/data/real and nibabel (cargo test -- --ignored)"]
+fn real_ct_masks_we_write_keep_the_geometry_nibabel_reads() {
+    let real = real_data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let mut specs = Vec::new();
+    for name in ["lung1_image.nii.gz", "chest_ct_cropped_1p5mm.nii.gz"] {
+        let source = real.join(name);
+        let v = read_volume(&source).unwrap();
+        let out = dir.path().join(format!("mask_{name}"));
+        let mask: Array3<u8> = v.data.mapv(|x| u8::from(x > 0.0));
+        write_volume(&out, mask.view(), &v.geometry).unwrap();
+        specs.push(spec(&out, &v.geometry, Some(&source)));
     }
-    let out = Command::new(&python)
-        .args(["-c", CHECK, &serde_json::to_string(&specs).unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nibabel disagrees:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    nibabel_agrees(&specs);
 }

@@ -318,12 +318,14 @@ fn a_failing_case_leaves_nothing_partial_and_a_rerun_completes_it() {
 }
 
 #[test]
-fn real_lung1_keeps_its_tumour_slices() {
+#[ignore = "needs the real CTs in ../shared/data/real (cargo test -- --ignored)"]
+fn real_ct_lung1_keeps_its_tumour_slices() {
     let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/real");
-    if !real.join("lung1_image.nii.gz").is_file() {
-        eprintln!("skipped: {} is absent", real.display());
-        return;
-    }
+    assert!(
+        real.join("lung1_image.nii.gz").is_file(),
+        "{} is absent",
+        real.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let task_dir = dir.path().join("Task");
     std::fs::create_dir_all(task_dir.join("imagesTr")).unwrap();
@@ -360,6 +362,107 @@ fn real_lung1_keeps_its_tumour_slices() {
         .map(|s| s.files.slice)
         .collect();
     assert_eq!(tumour_slices, [32, 33, 34]);
+}
+
+/// Every file below `dir` (relative path and bytes), sorted.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((path.strip_prefix(dir).unwrap().to_path_buf(), bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn killed_mid_case_a_rerun_gives_the_same_dataset_as_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let task_dir = dir.path().join("task");
+    let synth = SynthConfig {
+        cases: 8,
+        test_cases: 0,
+        size: 128,
+        slices: 48,
+        seed: 5,
+        orientation: "LAS".into(),
+    };
+    write_task(&task_dir, &synth).unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/smoke.toml");
+    let command = |work: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ct-preprocess"));
+        cmd.arg("--config").arg(&config);
+        for set in [
+            format!("paths.data_dir={}", task_dir.display()),
+            format!("paths.work_dir={}", work.display()),
+            // One case at a time, with the lung mask: a case takes long enough to be caught.
+            "preprocess.jobs=1".into(),
+            "preprocess.crop=\"lungs\"".into(),
+        ] {
+            cmd.arg("--set").arg(set);
+        }
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let straight = dir.path().join("straight");
+    assert!(command(&straight).status().unwrap().success());
+
+    // Kill once one case is done and the next is half written.
+    let killed = dir.path().join("killed");
+    let cases = killed.join("preprocessed/cases");
+    let mut child = command(&killed).spawn().unwrap();
+    let mid_case = loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ct-preprocess finished before it could be killed"
+        );
+        let entries: Vec<PathBuf> = std::fs::read_dir(&cases)
+            .map(|r| r.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+        let done = entries.iter().any(|p| !name(p).starts_with('.'));
+        let partial = entries.iter().find(|p| {
+            name(p).starts_with('.')
+                && std::fs::read_dir(p).is_ok_and(|mut files| files.next().is_some())
+        });
+        if let (true, Some(partial)) = (done, partial) {
+            child.kill().unwrap();
+            break partial.clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.wait().unwrap();
+    assert!(
+        mid_case.is_dir(),
+        "the killed case's temporary folder is left"
+    );
+    assert!(!killed.join("preprocessed").join(MANIFEST_FILE).exists());
+
+    assert!(command(&killed).status().unwrap().success());
+    let (a, b) = (
+        tree(&straight.join("preprocessed")),
+        tree(&killed.join("preprocessed")),
+    );
+    let names = |t: &[(PathBuf, Vec<u8>)]| t.iter().map(|f| f.0.clone()).collect::<BTreeSet<_>>();
+    let (na, nb) = (names(&a), names(&b));
+    assert!(
+        na == nb,
+        "only uninterrupted: {:?}; only after the kill: {:?}",
+        na.difference(&nb).collect::<Vec<_>>(),
+        nb.difference(&na).collect::<Vec<_>>()
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{} differs", name.display());
+    }
 }
 
 #[test]

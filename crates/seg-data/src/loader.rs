@@ -81,11 +81,24 @@ impl Loader {
     /// The training batches of `epoch`: sampled slices, augmented when `[data] augment` is on and
     /// cut to patches when `patch_size` is set. Full batches only (a last partial batch is dropped).
     pub fn train_epoch(&self, sampler: &WeightedSampler, epoch: u64, batch_size: usize) -> Batches {
+        self.train_epoch_from(sampler, epoch, batch_size, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on: the same batches as [`Loader::train_epoch`]
+    /// yields after its first `first`, without making those (a resumed epoch continues here).
+    pub fn train_epoch_from(
+        &self,
+        sampler: &WeightedSampler,
+        epoch: u64,
+        batch_size: usize,
+        first: usize,
+    ) -> Batches {
         let seed = self.config.seed;
         let draws = sampler.epoch(seed, epoch);
         let plan: Vec<Vec<Planned>> = draws
             .chunks_exact(batch_size)
             .enumerate()
+            .skip(first)
             .map(|(b, chunk)| {
                 chunk
                     .iter()

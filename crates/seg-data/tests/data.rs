@@ -304,6 +304,36 @@ fn batches_are_the_same_whatever_the_number_of_workers() {
 }
 
 #[test]
+fn an_epoch_continued_at_batch_k_gives_the_batches_after_k() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dataset_dir(dir.path());
+    let dataset = Arc::new(SliceDataset::open(&root, Split::Train, 1).unwrap());
+    // Augmented patches: every sample's draw depends on its place in the epoch.
+    let config = DataConfig {
+        augment: true,
+        patch_size: 16,
+        ..DataConfig::default()
+    };
+    let loader = Loader::new(Arc::clone(&dataset), &config, Device::Cpu).unwrap();
+    let sampler = loader.sampler().unwrap();
+    let values = |batches: seg_data::loader::Batches| -> Vec<(Vec<f32>, Vec<usize>)> {
+        batches
+            .map(|b| {
+                let b = b.unwrap();
+                (
+                    b.images.flatten_all().unwrap().to_vec1().unwrap(),
+                    b.indices,
+                )
+            })
+            .collect()
+    };
+    let whole = values(loader.train_epoch(&sampler, 2, 4));
+    assert!(whole.len() > 3);
+    let continued = values(loader.train_epoch_from(&sampler, 2, 4, 3));
+    assert_eq!(continued, whole[3..]);
+}
+
+#[test]
 fn patches_are_cut_from_the_slice_and_hold_tumour_when_it_has_some() {
     let dir = tempfile::tempdir().unwrap();
     let root = dataset_dir(dir.path());

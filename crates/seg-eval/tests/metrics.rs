@@ -88,6 +88,24 @@ fn hd95_of_a_shifted_slab_is_the_shift_in_mm() {
 }
 
 #[test]
+fn hd95_is_the_larger_of_the_two_directed_percentiles_on_an_asymmetric_case() {
+    // A: one voxel; B: a line of 10 voxels starting at it, 0.7 mm apart. A → B: 0 mm. B → A:
+    // 0, 0.7, ..., 6.3 mm, whose 95th percentile (numpy's interpolation) is 8.55 x 0.7 mm. The
+    // mean of the two directed figures (4.275 x 0.7) or one percentile over both sets of distances
+    // (8.5 x 0.7) would be other numbers.
+    let mut a = Array3::<u8>::zeros((14, 6, 6));
+    a[[2, 3, 4]] = 1;
+    let mut b = Array3::<u8>::zeros((14, 6, 6));
+    b.slice_mut(s![2..12, 3, 4]).fill(1);
+    let want = 8.55 * 0.7;
+    for (predicted, reference) in [(&a, &b), (&b, &a)] {
+        let m = case_metrics("f", predicted.view(), reference.view(), [0.7, 1.0, 2.5]);
+        let got = m.hd95_mm.unwrap();
+        assert!((got - want).abs() < 1e-9, "{got} mm, not {want}");
+    }
+}
+
+#[test]
 fn empty_cases_follow_nnunet() {
     let empty = Array3::<u8>::zeros((8, 8, 8));
     let blob = cube((8, 8, 8), [2, 2, 2], 2);

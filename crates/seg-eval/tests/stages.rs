@@ -219,3 +219,71 @@ fn the_binary_explains_what_is_wrong() {
         "{stderr}"
     );
 }
+
+#[test]
+fn evaluate_refuses_masks_it_cannot_compare_and_writes_nothing() {
+    use ct_io::geometry::affine_for_orientation;
+    use ct_io::{Geometry, write_volume};
+    let dir = tempfile::tempdir().unwrap();
+    let (pred, refs, out) = (
+        dir.path().join("pred"),
+        dir.path().join("ref"),
+        dir.path().join("out"),
+    );
+    std::fs::create_dir_all(&pred).unwrap();
+    std::fs::create_dir_all(&refs).unwrap();
+    let geometry = |shape: [usize; 3], origin: [f64; 3]| {
+        let affine = affine_for_orientation("LAS", shape, [0.8, 0.8, 2.5], origin).unwrap();
+        Geometry::from_affine(shape, affine)
+    };
+    let mask = |shape: [usize; 3]| ndarray::Array3::<u8>::zeros(shape);
+    let write = |path: PathBuf, shape: [usize; 3], origin: [f64; 3]| {
+        write_volume(&path, mask(shape).view(), &geometry(shape, origin)).unwrap();
+    };
+    let evaluate = || {
+        seg_eval(&[
+            "evaluate",
+            "--pred",
+            pred.to_str().unwrap(),
+            "--ref",
+            refs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let origin = [10.0, -20.0, 30.0];
+    write(refs.join("lung_001.nii.gz"), [8, 9, 4], origin);
+    write(pred.join("lung_001.nii.gz"), [8, 9, 4], origin);
+    write(pred.join("lung_002.nii.gz"), [8, 9, 4], origin);
+    let refusals = [
+        ("lung_002.nii.gz", "no reference mask for case lung_002"),
+        (
+            "lung_001.nii.gz",
+            "shape [8, 9, 5] differs from the reference",
+        ),
+        ("lung_001.nii.gz", "affine differs from the reference"),
+    ];
+    for (n, (file, needle)) in refusals.into_iter().enumerate() {
+        match n {
+            1 => {
+                std::fs::remove_file(pred.join("lung_002.nii.gz")).unwrap();
+                write(pred.join("lung_001.nii.gz"), [8, 9, 5], origin);
+            }
+            2 => write(pred.join("lung_001.nii.gz"), [8, 9, 4], [10.0, -20.0, 31.0]),
+            _ => {}
+        }
+        let (code, stderr) = evaluate();
+        assert_eq!(code, 1, "{stderr}");
+        let line = stderr.lines().last().unwrap();
+        assert!(
+            line.contains(file) && line.contains(needle),
+            "wanted {needle:?} about {file}: {stderr}"
+        );
+        assert!(!out.exists(), "{} written after a refusal", out.display());
+    }
+    // Mended, it evaluates.
+    write(pred.join("lung_001.nii.gz"), [8, 9, 4], origin);
+    let (code, stderr) = evaluate();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.join(SUMMARY_FILE).is_file());
+}

@@ -268,13 +268,15 @@ fn previous(dir: &Path) -> PathBuf {
     dir.with_file_name(name)
 }
 
-/// Moves the finished folder `tmp` to `dir`, replacing what was there.
+/// Moves the finished folder `tmp` to `dir`, replacing what was there. At every instant `dir` or
+/// `dir.previous` is a complete checkpoint: after a crash mid-swap (`dir` absent), the previous
+/// copy is kept until the new folder is in place.
 fn replace_dir(tmp: &Path, dir: &Path) -> anyhow::Result<()> {
     let old = previous(dir);
-    if old.exists() {
-        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
-    }
     if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
         std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
     }
     std::fs::rename(tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;

@@ -254,6 +254,18 @@ fn the_binary_imports_and_describes_a_checkpoint() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no checkpoint here"));
 }
 
+/// Every parameter's bits, by name.
+fn weights_of(model: &Model) -> Vec<(String, Vec<u32>)> {
+    model
+        .named_vars()
+        .into_iter()
+        .map(|(name, v)| {
+            let values: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+            (name, values.iter().map(|x| x.to_bits()).collect())
+        })
+        .collect()
+}
+
 #[test]
 fn checkpoints_round_trip_bit_exactly_and_refuse_mismatches() {
     let config = ModelConfig {
@@ -294,6 +306,27 @@ fn checkpoints_round_trip_bit_exactly_and_refuse_mismatches() {
         1,
         "no temporary or previous folder left: {names:?}"
     );
+
+    // A save that crashed mid-swap leaves only `best.previous`: loading falls back to it, and the
+    // next save puts a new `best` in place and removes it.
+    let previous = dir.path().join("best.previous");
+    std::fs::rename(&ckpt, &previous).unwrap();
+    let (fallback, _, folder) = Model::load_from(&ckpt, &Device::Cpu).unwrap();
+    assert_eq!(folder, previous);
+    assert_eq!(weights_of(&fallback), weights_of(&model));
+    let other = Model::new(
+        &ModelConfig {
+            init_seed: 8,
+            ..config.clone()
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    other.save(&ckpt, None, serde_json::Value::Null).unwrap();
+    let (loaded, _, folder) = Model::load_from(&ckpt, &Device::Cpu).unwrap();
+    assert_eq!(folder, ckpt);
+    assert_eq!(weights_of(&loaded), weights_of(&other));
+    assert!(!previous.exists());
 
     // A sidecar that does not match the weights.
     let sidecar = ckpt.join("checkpoint.json");

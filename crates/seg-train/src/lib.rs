@@ -45,7 +45,7 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Overrides `[train] device`.
     pub device: Option<String>,
-    /// Set (by Ctrl-C) to stop after the current batch, saving `last/`.
+    /// Set (by Ctrl-C) to stop after the current batch, saving `last/` with the place in the epoch.
     pub stop: Arc<AtomicBool>,
 }
 
@@ -59,6 +59,21 @@ pub struct Progress {
     pub best_dice: Option<f64>,
     pub best_epoch: Option<usize>,
     pub run: String,
+    /// Where in epoch `epochs_done + 1` an interrupted run stopped (None at an epoch's end).
+    #[serde(default)]
+    pub within_epoch: Option<WithinEpoch>,
+}
+
+/// How far an interrupted epoch got: a resume continues at batch `batches + 1` with the sums of the
+/// batches before, so that the run equals one never interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WithinEpoch {
+    pub batches: usize,
+    /// Sum of the training loss over the samples seen (loss x batch size, per batch).
+    pub loss_sum: f64,
+    pub samples: usize,
+    /// Seconds spent training those batches (for the epoch's speed).
+    pub seconds: f64,
 }
 
 /// One row of `metrics.csv`.
@@ -264,11 +279,19 @@ fn run(
             .into_iter()
             .filter(|m| m.epoch <= progress.epochs_done)
             .collect();
-        tracing::info!(
-            "resuming {} after epoch {}",
-            run_dir.display(),
-            progress.epochs_done
-        );
+        match progress.within_epoch {
+            Some(within) => tracing::info!(
+                "resuming {} in epoch {} at batch {}",
+                run_dir.display(),
+                progress.epochs_done + 1,
+                within.batches + 1
+            ),
+            None => tracing::info!(
+                "resuming {} after epoch {}",
+                run_dir.display(),
+                progress.epochs_done
+            ),
+        }
         (model, adam, progress, history)
     } else {
         if last_dir.exists() {
@@ -300,10 +323,20 @@ fn run(
     let mut interrupted = false;
     for epoch in progress.epochs_done..train_cfg.epochs {
         let epoch_start = Instant::now();
+        let done = progress.within_epoch.take().unwrap_or(WithinEpoch {
+            batches: 0,
+            loss_sum: 0.0,
+            samples: 0,
+            seconds: 0.0,
+        });
         let bar =
             ct_io::cli::progress_bar(batches_per_epoch as u64, &format!("epoch {}", epoch + 1));
-        let (mut loss_sum, mut seen, mut lr) = (0.0, 0usize, train_cfg.lr);
-        for batch in loader.train_epoch(&sampler, epoch as u64, train_cfg.batch_size) {
+        bar.set_position(done.batches as u64);
+        let (mut loss_sum, mut seen, mut lr) = (done.loss_sum, done.samples, train_cfg.lr);
+        let mut batches_done = done.batches;
+        let batches =
+            loader.train_epoch_from(&sampler, epoch as u64, train_cfg.batch_size, done.batches);
+        for batch in batches {
             if options.stop.load(Ordering::SeqCst) {
                 interrupted = true;
                 break;
@@ -322,27 +355,39 @@ fn run(
             lr = learning_rate(train_cfg, progress.step, total_steps);
             adam.step(&grads, lr, train_cfg.grad_clip)?;
             progress.step += 1;
+            batches_done += 1;
             loss_sum += value * batch.indices.len() as f64;
             seen += batch.indices.len();
+            tracing::debug!(
+                "epoch {} batch {batches_done} of {batches_per_epoch}: loss {value:.6}",
+                epoch + 1
+            );
             bar.inc(1);
             bar.set_message(format!(
                 "epoch {} loss {:.4} {:.1} sl/s",
                 epoch + 1,
                 loss_sum / seen as f64,
-                seen as f64 / epoch_start.elapsed().as_secs_f64()
+                (seen - done.samples) as f64 / epoch_start.elapsed().as_secs_f64()
             ));
         }
         bar.finish_and_clear();
+        let train_seconds = done.seconds + epoch_start.elapsed().as_secs_f64();
         if interrupted {
+            progress.within_epoch = Some(WithinEpoch {
+                batches: batches_done,
+                loss_sum,
+                samples: seen,
+                seconds: train_seconds,
+            });
             save_last(&model, &adam, &progress, &last_dir, &preprocess_json)?;
             tracing::warn!(
-                "interrupted in epoch {}: saved {} (resume redoes that epoch)",
+                "interrupted in epoch {} after batch {batches_done} of {batches_per_epoch}: saved {} \
+                 (--resume continues at the next batch)",
                 epoch + 1,
                 last_dir.display()
             );
             break;
         }
-        let train_seconds = epoch_start.elapsed().as_secs_f64();
         let validate = (epoch + 1) % train_cfg.validate_every == 0 || epoch + 1 == train_cfg.epochs;
         let (val_loss, case_dice, pooled) = if validate && !val_set.is_empty() {
             validate_epoch(&model, &val_loader, &val_set, train_cfg)?
@@ -358,7 +403,7 @@ fn run(
             val_pooled_soft_dice: pooled,
             lr,
             slices_per_s: seen as f64 / train_seconds,
-            seconds: epoch_start.elapsed().as_secs_f64(),
+            seconds: done.seconds + epoch_start.elapsed().as_secs_f64(),
         };
         tracing::info!(
             "epoch {}: train loss {:.4}, val loss {:.4}, val per-case Dice {:.4}, pooled soft Dice {:.4} ({:.0} s)",

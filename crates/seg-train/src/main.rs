@@ -9,7 +9,9 @@ use ct_io::cli::ConfigArgs;
 use seg_train::{TrainOptions, train};
 
 #[derive(Parser)]
-#[command(about = "Train the U-Net on the preprocessed slices; Ctrl-C saves last/ and stops")]
+#[command(
+    about = "Train the U-Net on the preprocessed slices; Ctrl-C or SIGTERM saves last/ and stops"
+)]
 struct Args {
     #[command(flatten)]
     config: ConfigArgs,

@@ -1,8 +1,8 @@
 //! seg-train on tiny phantoms: learning, exact resume, crash safety, metrics, errors.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use candle_core::Device;
 use ct_io::config::Config;
@@ -156,92 +156,202 @@ fn two_epochs_straight_equal_one_epoch_resume_one_epoch() {
     assert!(err.to_string().contains("--resume"), "{err}");
 }
 
-#[test]
-fn a_killed_run_resumes_to_the_end_with_valid_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path(), "epochs = 4");
-    let bin = env!("CARGO_BIN_EXE_seg-train");
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(&config)
+/// The demo's recipe in small: augmented patches, 2.5D context, batch norm, BCE + Dice, cosine
+/// schedule; 40 batches an epoch, so that a signal sent in an epoch lands in it.
+const DEMO_RECIPE: [&str; 9] = [
+    "data.augment=true",
+    "data.patch_size=16",
+    "data.context=1",
+    "data.samples_per_epoch=160",
+    "model.in_channels=3",
+    "model.batch_norm=true",
+    "train.loss=\"bce_dice\"",
+    "train.schedule=\"cosine\"",
+    "train.epochs=3",
+];
+
+/// Runs the seg-train binary with the demo recipe and `extra` arguments; when `signal` is given,
+/// sends it once stderr shows `at` (a per-batch debug line), then waits for the exit.
+/// Returns the exit status and stdout + stderr.
+fn seg_train(
+    config: &Path,
+    extra: &[&str],
+    signal: Option<(&str, &str)>,
+) -> (std::process::ExitStatus, String) {
+    seg_train_with(
+        Command::new(env!("CARGO_BIN_EXE_seg-train")),
+        config,
+        extra,
+        signal,
+    )
+}
+
+/// [`seg_train`] with a command that may carry more settings (e.g. its environment).
+fn seg_train_with(
+    mut command: Command,
+    config: &Path,
+    extra: &[&str],
+    signal: Option<(&str, &str)>,
+) -> (std::process::ExitStatus, String) {
+    command.arg("--config").arg(config);
+    for set in DEMO_RECIPE {
+        command.args(["--set", set]);
+    }
+    let mut child = command
+        .args(extra)
+        .env("RUST_LOG", "info,seg_train=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    child.kill().unwrap(); // SIGKILL, wherever it is
-    child.wait().unwrap();
-    let resumed = Command::new(bin)
-        .arg("--config")
-        .arg(&config)
-        .arg("--resume")
-        .output();
-    let resumed = resumed.unwrap();
-    let run = dir.path().join("work/runs/default");
-    if !run.join("last").exists() && !run.join("last.previous").exists() {
-        // Killed before the first epoch ended: nothing to resume, so start afresh.
-        assert!(!resumed.status.success());
-        let fresh = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+    let mut log = String::new();
+    let mut pending = signal;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some((name, at)) = pending
+            && line.contains(at)
+        {
+            let sent = Command::new("kill")
+                .args(["-s", name, &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(sent.success(), "kill -s {name}");
+            pending = None;
+        }
+        log.push_str(&line);
+        log.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(pending.is_none(), "never saw {signal:?} in\n{log}");
+    (status, format!("{}{log}", stdout.join().unwrap()))
+}
+
+/// Asserts two runs ended with bit-identical weights and the same value columns in metrics.csv.
+fn assert_same_run(runs: &Path, a: &str, b: &str) {
+    let (ma, _) = Model::load(&runs.join(a).join("last"), &Device::Cpu).unwrap();
+    let (mb, _) = Model::load(&runs.join(b).join("last"), &Device::Cpu).unwrap();
+    let (wa, wb) = (weights(&ma).unwrap(), weights(&mb).unwrap());
+    assert_eq!(wa.len(), wb.len());
+    for (name, va) in &wa {
         assert!(
-            fresh.status.success(),
-            "{}",
-            String::from_utf8_lossy(&fresh.stderr)
-        );
-    } else {
-        assert!(
-            resumed.status.success(),
-            "{}",
-            String::from_utf8_lossy(&resumed.stderr)
+            va.iter()
+                .zip(&wb[name])
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name}: {a} and {b} differ"
         );
     }
-    let (_, info) = Model::load(&run.join("last"), &Device::Cpu).unwrap();
-    assert_eq!(info.extra["epochs_done"], 4);
-    Model::load(&run.join("best"), &Device::Cpu).unwrap();
-    assert_eq!(read_metrics(&run.join("metrics.csv")).unwrap().len(), 4);
-    let leftovers: Vec<_> = std::fs::read_dir(&run)
+    let values = |run: &str| -> Vec<[String; 7]> {
+        read_metrics(&runs.join(run).join("metrics.csv"))
+            .unwrap()
+            .iter()
+            .map(|m| {
+                [
+                    m.epoch.to_string(),
+                    m.step.to_string(),
+                    format!("{:e}", m.train_loss),
+                    format!("{:e}", m.val_loss),
+                    format!("{:e}", m.val_case_dice),
+                    format!("{:e}", m.val_pooled_soft_dice),
+                    format!("{:e}", m.lr),
+                ]
+            })
+            .collect()
+    };
+    assert_eq!(values(a), values(b), "metrics of {a} and {b}");
+    assert!(!values(a).is_empty());
+}
+
+#[test]
+fn ctrl_c_sigterm_or_sigkill_mid_epoch_then_resume_equal_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let runs = dir.path().join("work/runs");
+    let (status, log) = seg_train(&config, &["--set", "train.run=straight"], None);
+    assert!(status.success(), "{log}");
+
+    // Ctrl-C in epoch 1, resume, SIGTERM in the resumed epoch 2, resume to the end.
+    let (status, log) = seg_train(
+        &config,
+        &["--set", "train.run=stopped"],
+        Some(("INT", "epoch 1 batch 3 of 40")),
+    );
+    assert!(status.success(), "{log}");
+    assert!(log.contains("stopped after 0 epochs"), "{log}");
+    let within = |run: &str| {
+        let (_, info) = Model::load(&runs.join(run).join("last"), &Device::Cpu).unwrap();
+        let within = &info.extra["within_epoch"];
+        (
+            info.extra["epochs_done"].as_u64().unwrap(),
+            within["batches"].as_u64(),
+        )
+    };
+    let (epochs, batches) = within("stopped");
+    assert_eq!(epochs, 0);
+    let batches = batches.expect("the place in the epoch is saved");
+    assert!((3..40).contains(&batches), "stopped after batch {batches}");
+    let (status, log) = seg_train(
+        &config,
+        &["--set", "train.run=stopped", "--resume"],
+        Some(("TERM", "epoch 2 batch 5 of 40")),
+    );
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains(&format!("in epoch 1 at batch {}", batches + 1)),
+        "{log}"
+    );
+    let (epochs, batches) = within("stopped");
+    assert_eq!(epochs, 1);
+    assert!((5..40).contains(&batches.unwrap()), "{batches:?}");
+    let (status, log) = seg_train(&config, &["--set", "train.run=stopped", "--resume"], None);
+    assert!(status.success(), "{log}");
+    assert_same_run(&runs, "straight", "stopped");
+
+    // SIGKILL in epoch 2: the resume starts again from the end of epoch 1.
+    let (status, log) = seg_train(
+        &config,
+        &["--set", "train.run=killed"],
+        Some(("KILL", "epoch 2 batch 3 of 40")),
+    );
+    assert_eq!(status.code(), None, "killed by the signal: {log}");
+    assert_eq!(within("killed"), (1, None));
+    let (status, log) = seg_train(&config, &["--set", "train.run=killed", "--resume"], None);
+    assert!(status.success(), "{log}");
+    assert_same_run(&runs, "straight", "killed");
+    let leftovers: Vec<_> = std::fs::read_dir(runs.join("killed"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.starts_with('.') || n.ends_with(".previous"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    Model::load(&runs.join("killed/best"), &Device::Cpu).unwrap();
 }
 
 #[test]
-fn ctrl_c_saves_last_and_exits_cleanly() {
+fn the_weights_are_the_same_with_1_2_or_4_threads() {
+    // Batches of 3: one thread and two run each convolution sample by sample, four split each
+    // sample's matrix products among them (seg-model's conv picks by the thread count).
     let dir = tempfile::tempdir().unwrap();
-    // Far more epochs than 2.5 s can train (an epoch of this tiny network takes ~50 ms), few
-    // enough that a run which ignored Ctrl-C would end and fail instead of hanging the suite.
-    let config = setup(dir.path(), "epochs = 2000");
-    let bin = env!("CARGO_BIN_EXE_seg-train");
-    let child = Command::new(bin)
-        .arg("--config")
-        .arg(&config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("stopped after"),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_, info) = Model::load(&dir.path().join("work/runs/default/last"), &Device::Cpu).unwrap();
-    assert!(info.extra["epochs_done"].as_u64().unwrap() < 2000);
+    let config = setup(dir.path(), "");
+    for threads in ["1", "2", "4"] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_seg-train"));
+        command.env("RAYON_NUM_THREADS", threads);
+        let run = format!("train.run=threads_{threads}");
+        let extra = [
+            "--set",
+            &run,
+            "--set",
+            "train.batch_size=3",
+            "--set",
+            "train.epochs=1",
+        ];
+        let (status, log) = seg_train_with(command, &config, &extra, None);
+        assert!(status.success(), "{log}");
+    }
+    let runs = dir.path().join("work/runs");
+    assert_same_run(&runs, "threads_1", "threads_2");
+    assert_same_run(&runs, "threads_1", "threads_4");
 }
 
 #[test]

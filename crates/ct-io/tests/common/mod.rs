@@ -68,13 +68,13 @@ pub fn geometry(code: &str, shape: [usize; 3]) -> Geometry {
     Geometry::from_affine(shape, affine)
 }
 
-/// `../shared/data/real` from the workspace root, or None (with a message) when it is absent.
-pub fn real_data_dir() -> Option<PathBuf> {
+/// `../shared/data/real` from the workspace root; the tests that need it are `#[ignore]`d.
+pub fn real_data_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/real");
-    if dir.join("lung1_image.nii.gz").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: {} is absent (real CT test files)", dir.display());
-        None
-    }
+    assert!(
+        dir.join("lung1_image.nii.gz").is_file(),
+        "{} is absent",
+        dir.display()
+    );
+    dir
 }
