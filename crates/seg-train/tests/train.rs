@@ -271,7 +271,7 @@ fn ctrl_c_sigterm_or_sigkill_mid_epoch_then_resume_equal_an_uninterrupted_run() 
     let (status, log) = seg_train(&config, &["--set", "train.run=straight"], None);
     assert!(status.success(), "{log}");
 
-    // Ctrl-C in epoch 1, resume, SIGTERM in the resumed epoch 2, resume to the end.
+    // Ctrl-C in epoch 1, resume, SIGTERM in the last epoch (3), resume to the end.
     let (status, log) = seg_train(
         &config,
         &["--set", "train.run=stopped"],
@@ -294,7 +294,7 @@ fn ctrl_c_sigterm_or_sigkill_mid_epoch_then_resume_equal_an_uninterrupted_run() 
     let (status, log) = seg_train(
         &config,
         &["--set", "train.run=stopped", "--resume"],
-        Some(("TERM", "epoch 2 batch 5 of 40")),
+        Some(("TERM", "epoch 3 batch 5 of 40")),
     );
     assert!(status.success(), "{log}");
     assert!(
@@ -302,7 +302,7 @@ fn ctrl_c_sigterm_or_sigkill_mid_epoch_then_resume_equal_an_uninterrupted_run() 
         "{log}"
     );
     let (epochs, batches) = within("stopped");
-    assert_eq!(epochs, 1);
+    assert_eq!(epochs, 2);
     assert!((5..40).contains(&batches.unwrap()), "{batches:?}");
     let (status, log) = seg_train(&config, &["--set", "train.run=stopped", "--resume"], None);
     assert!(status.success(), "{log}");
