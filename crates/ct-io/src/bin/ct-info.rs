@@ -1,21 +1,31 @@
-//! `ct-info [--json] FILE...`: what a NIfTI file holds, and whether lungseg can read it.
+//! `ct-info [--json] [--series ID] [--convert OUT.nii.gz] PATH...`: what a CT (a NIfTI file, or a
+//! DICOM folder or file) holds, whether lungseg can read it, and, for DICOM, which series it took;
+//! `--convert` writes the CT as NIfTI (the same voxels and world geometry dcm2niix gives).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use ct_io::{Datatype, Volume, read_volume};
+use ct_io::{Datatype, Volume, read_ct, write_volume};
 use serde::Serialize;
 
 #[derive(Parser)]
 #[command(
-    about = "Inspect NIfTI volumes: shape, spacing, orientation, datatype, affine, value range"
+    about = "Inspect CTs (NIfTI files, DICOM folders or files): shape, spacing, orientation, \
+             datatype, affine, value range, DICOM series; convert DICOM to NIfTI"
 )]
 struct Args {
-    /// Print one JSON object per file (a JSON array for several files).
+    /// Print one JSON object per CT (a JSON array for several).
     #[arg(long)]
     json: bool,
-    #[arg(required = true, value_name = "FILE")]
+    /// The DICOM series to read (its SeriesInstanceUID, or the id ct-info lists for a part of a
+    /// split series) when a folder holds several.
+    #[arg(long, value_name = "ID")]
+    series: Option<String>,
+    /// Write the CT as NIfTI to this file (.nii or .nii.gz); one PATH only.
+    #[arg(long, value_name = "OUT")]
+    convert: Option<PathBuf>,
+    #[arg(required = true, value_name = "PATH")]
     files: Vec<PathBuf>,
 }
 
@@ -33,6 +43,16 @@ struct Info {
     /// Voxels > 0, reported when the volume looks like a label (small non-negative integers).
     #[serde(skip_serializing_if = "Option::is_none")]
     foreground_voxels: Option<usize>,
+    /// For DICOM: the series read and how it was chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    series: Option<Series>,
+}
+
+#[derive(Serialize)]
+struct Series {
+    id: String,
+    description: String,
+    choice: String,
 }
 
 fn describe(file: &Path, volume: &Volume) -> Info {
@@ -62,6 +82,7 @@ fn describe(file: &Path, volume: &Volume) -> Info {
         max,
         mean: sum / volume.data.len() as f64,
         foreground_voxels: is_label.then(|| values.iter().filter(|&&v| v > 0.0).count()),
+        series: None,
     }
 }
 
@@ -85,18 +106,40 @@ fn print_text(info: &Info) {
     if let Some(n) = info.foreground_voxels {
         println!("  foreground   {n} voxels");
     }
+    if let Some(series) = &info.series {
+        println!("  series       {} {:?}", series.id, series.description);
+        println!("  chosen       {}", series.choice);
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.convert.is_some() && args.files.len() != 1 {
+        eprintln!("error: --convert takes one CT, not {}", args.files.len());
+        return ExitCode::from(2);
+    }
     let mut infos = Vec::new();
     let mut failed = 0;
     for file in &args.files {
-        match read_volume(file) {
-            Ok(volume) => {
-                let info = describe(file, &volume);
+        let read = read_ct(file, args.series.as_deref()).and_then(|ct| {
+            if let Some(out) = &args.convert {
+                convert(&ct.volume, out)?;
+            }
+            Ok(ct)
+        });
+        match read {
+            Ok(ct) => {
+                let mut info = describe(file, &ct.volume);
+                info.series = ct.dicom.map(|d| Series {
+                    id: d.series.id,
+                    description: d.series.description,
+                    choice: d.choice,
+                });
                 if !args.json {
                     print_text(&info);
+                    if let Some(out) = &args.convert {
+                        println!("  written      {}", out.display());
+                    }
                 }
                 infos.push(info);
             }
@@ -118,5 +161,13 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Writes the CT as NIfTI in its own datatype (int16 HU for most CTs).
+fn convert(volume: &Volume, out: &Path) -> ct_io::Result<()> {
+    match volume.datatype {
+        Datatype::I16 => write_volume(out, volume.data.mapv(|v| v as i16).view(), &volume.geometry),
+        _ => write_volume(out, volume.data.view(), &volume.geometry),
     }
 }
