@@ -5,41 +5,13 @@ use std::path::{Path, PathBuf};
 
 use ct_io::dicom::{read_dicom, scan};
 use ct_io::{Reorientation, read_ct};
+use ct_phantom::dicom::{
+    EXPLICIT_LE, IMPLICIT_LE, RLE_LOSSLESS, Writing, decimal, element, rle_frame, write_series,
+};
 use ct_phantom::{SynthConfig, generate_case};
 use dicom_core::value::{PixelFragmentSequence, PrimitiveValue};
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-use ndarray::Array3;
-
-const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
-const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
-const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
-const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
-
-/// How a test series is written.
-#[derive(Clone)]
-struct Writing {
-    series_uid: String,
-    modality: &'static str,
-    /// Stored as signed (HU) or unsigned (HU + 1024, intercept -1024).
-    signed: bool,
-    transfer_syntax: &'static str,
-    /// File names in an order unrelated to position (a hash), InstanceNumber running against it.
-    shuffled: bool,
-}
-
-impl Writing {
-    fn new(series_uid: &str) -> Writing {
-        Writing {
-            series_uid: series_uid.into(),
-            modality: "CT",
-            signed: true,
-            transfer_syntax: EXPLICIT_LE,
-            shuffled: true,
-        }
-    }
-}
 
 /// A small phantom in the given voxel axis order.
 fn phantom(orientation: &str) -> ct_phantom::Phantom {
@@ -50,174 +22,6 @@ fn phantom(orientation: &str) -> ct_phantom::Phantom {
         ..SynthConfig::default()
     };
     generate_case(&config, 0)
-}
-
-fn element(
-    tag: dicom_core::Tag,
-    vr: VR,
-    value: impl Into<PrimitiveValue>,
-) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, value.into())
-}
-
-fn decimal(values: &[f64]) -> String {
-    values
-        .iter()
-        .map(|v| format!("{v:.6}"))
-        .collect::<Vec<_>>()
-        .join("\\")
-}
-
-/// Writes the phantom as one file per slice of its third voxel axis: columns along its first
-/// axis, rows along its second, world positions from its affine (RAS → LPS). Returns the files in
-/// slice order.
-fn write_series(
-    dir: &Path,
-    ct: &Array3<i16>,
-    affine: &[[f64; 4]; 4],
-    how: &Writing,
-) -> Vec<PathBuf> {
-    std::fs::create_dir_all(dir).unwrap();
-    let (columns, rows, slices) = ct.dim();
-    let lps = |v: [f64; 3]| [-v[0], -v[1], v[2]];
-    let axis = |c: usize| [affine[0][c], affine[1][c], affine[2][c]];
-    let norm = |v: [f64; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
-    let (ci, cj) = (axis(0), axis(1));
-    let (si, sj) = (norm(ci), norm(cj));
-    let row = lps(ci.map(|v| v / si));
-    let column = lps(cj.map(|v| v / sj));
-    let mut files = Vec::new();
-    for k in 0..slices {
-        let origin = [0, 1, 2].map(|r| affine[r][3] + affine[r][2] * k as f64);
-        let position = lps(origin);
-        let uid = format!("{}.{}", how.series_uid, k + 1);
-        let instance = if how.shuffled { slices - k } else { k + 1 };
-        let mut object = InMemDicomObject::new_empty();
-        for (tag, vr, value) in [
-            (tags::SOP_CLASS_UID, VR::UI, CT_IMAGE_STORAGE.to_string()),
-            (tags::SOP_INSTANCE_UID, VR::UI, uid.clone()),
-            (
-                tags::STUDY_INSTANCE_UID,
-                VR::UI,
-                "1.2.826.0.1.3680043.10.99.1".into(),
-            ),
-            (tags::SERIES_INSTANCE_UID, VR::UI, how.series_uid.clone()),
-            (
-                tags::FRAME_OF_REFERENCE_UID,
-                VR::UI,
-                "1.2.826.0.1.3680043.10.99.2".into(),
-            ),
-            (tags::MODALITY, VR::CS, how.modality.into()),
-            (tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\AXIAL".into()),
-            (tags::PATIENT_NAME, VR::PN, "Phantom^Test".into()),
-            (tags::PATIENT_ID, VR::LO, "P001".into()),
-            (tags::SERIES_DESCRIPTION, VR::LO, "phantom".into()),
-            (tags::INSTANCE_NUMBER, VR::IS, instance.to_string()),
-            (tags::IMAGE_POSITION_PATIENT, VR::DS, decimal(&position)),
-            (
-                tags::IMAGE_ORIENTATION_PATIENT,
-                VR::DS,
-                decimal(&[row[0], row[1], row[2], column[0], column[1], column[2]]),
-            ),
-            (tags::PIXEL_SPACING, VR::DS, decimal(&[sj, si])),
-            (
-                tags::PHOTOMETRIC_INTERPRETATION,
-                VR::CS,
-                "MONOCHROME2".into(),
-            ),
-            (tags::RESCALE_SLOPE, VR::DS, "1".into()),
-            (
-                tags::RESCALE_INTERCEPT,
-                VR::DS,
-                if how.signed { "0" } else { "-1024" }.into(),
-            ),
-        ] {
-            object.put(element(tag, vr, value));
-        }
-        for (tag, value) in [
-            (tags::SAMPLES_PER_PIXEL, 1u16),
-            (tags::ROWS, rows as u16),
-            (tags::COLUMNS, columns as u16),
-            (tags::BITS_ALLOCATED, 16),
-            (tags::BITS_STORED, if how.signed { 16 } else { 12 }),
-            (tags::HIGH_BIT, if how.signed { 15 } else { 11 }),
-            (tags::PIXEL_REPRESENTATION, u16::from(how.signed)),
-        ] {
-            object.put(element(tag, VR::US, value));
-        }
-        // Row-major: row j, column i.
-        let words: Vec<u16> = (0..rows)
-            .flat_map(|j| (0..columns).map(move |i| (i, j)))
-            .map(|(i, j)| {
-                let hu = ct[[i, j, k]];
-                if how.signed {
-                    hu as u16
-                } else {
-                    (i32::from(hu) + 1024).clamp(0, 4095) as u16
-                }
-            })
-            .collect();
-        if ![EXPLICIT_LE, IMPLICIT_LE].contains(&how.transfer_syntax) {
-            let fragment = rle_frame(&words, columns);
-            object.put(DataElement::new(
-                tags::PIXEL_DATA,
-                VR::OB,
-                PixelFragmentSequence::new(vec![0u32], vec![fragment]),
-            ));
-        } else {
-            object.put(element(
-                tags::PIXEL_DATA,
-                VR::OW,
-                PrimitiveValue::U16(words.into()),
-            ));
-        }
-        let file_object = object
-            .with_meta(FileMetaTableBuilder::new().transfer_syntax(how.transfer_syntax))
-            .unwrap();
-        let name = if how.shuffled {
-            format!(
-                "IM{:08x}",
-                (k as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
-            )
-        } else {
-            format!("slice{k:04}.dcm")
-        };
-        let path = dir.join(name);
-        file_object.write_to_file(&path).unwrap();
-        files.push(path);
-    }
-    files
-}
-
-/// One RLE Lossless frame of 16-bit samples: the high-byte and low-byte planes as segments of
-/// literal runs, row by row (PS3.5 G.3).
-fn rle_frame(words: &[u16], columns: usize) -> Vec<u8> {
-    let mut segments: Vec<Vec<u8>> = Vec::new();
-    for shift in [8, 0] {
-        let mut segment = Vec::new();
-        for row in words.chunks(columns) {
-            let bytes: Vec<u8> = row.iter().map(|w| (w >> shift) as u8).collect();
-            for run in bytes.chunks(128) {
-                segment.push((run.len() - 1) as u8);
-                segment.extend_from_slice(run);
-            }
-        }
-        if segment.len() % 2 == 1 {
-            segment.push(0);
-        }
-        segments.push(segment);
-    }
-    let mut frame = vec![0u8; 64];
-    frame[0..4].copy_from_slice(&2u32.to_le_bytes());
-    let mut offset = 64u32;
-    for (n, segment) in segments.iter().enumerate() {
-        frame[4 + 4 * n..8 + 4 * n].copy_from_slice(&offset.to_le_bytes());
-        offset += segment.len() as u32;
-    }
-    for segment in segments {
-        frame.extend(segment);
-    }
-    frame
 }
 
 /// The phantom's and the read volume's voxels and geometry, compared in world space.
@@ -264,7 +68,7 @@ fn series_in_any_orientation_storage_and_file_order_read_back_to_the_phantom() {
             transfer_syntax: syntax,
             ..Writing::new(&format!("1.2.826.0.1.3680043.10.99.{}", 100 + n))
         };
-        write_series(&folder, &p.ct, &p.geometry.affine, &how);
+        write_series(&folder, &p.ct, &p.geometry.affine, &how).unwrap();
         let ct = read_ct(&folder, None).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_same_ct(&what, &p, &ct.volume);
         assert_eq!(ct.volume.datatype, ct_io::Datatype::I16, "{what}");
@@ -291,8 +95,8 @@ fn a_folder_with_other_files_and_several_series_is_read_by_choice() {
     let p = phantom("LAS");
     let lung = Writing::new("1.2.826.0.1.3680043.10.99.201");
     let soft = Writing::new("1.2.826.0.1.3680043.10.99.202");
-    write_series(&root.join("a/lung"), &p.ct, &p.geometry.affine, &lung);
-    write_series(&root.join("b/soft"), &p.ct, &p.geometry.affine, &soft);
+    write_series(&root.join("a/lung"), &p.ct, &p.geometry.affine, &lung).unwrap();
+    write_series(&root.join("b/soft"), &p.ct, &p.geometry.affine, &soft).unwrap();
     std::fs::write(root.join("README.txt"), "exported by a PACS").unwrap();
     std::fs::write(root.join("a/thumb.jpg"), [0xff, 0xd8, 0xff]).unwrap();
     // An exact duplicate of a slice (the same SOP instance) is skipped.
@@ -349,6 +153,7 @@ fn good_series(dir: &Path) -> Vec<PathBuf> {
         &p.geometry.affine,
         &Writing::new("1.2.826.0.1.3680043.10.99.300"),
     )
+    .unwrap()
 }
 
 fn refusal(path: &Path) -> String {
@@ -371,7 +176,7 @@ fn broken_series_are_refused_with_the_file_and_the_problem() {
         modality: "MR",
         ..Writing::new("1.2.826.0.1.3680043.10.99.301")
     };
-    write_series(&at("mr"), &p.ct, &p.geometry.affine, &mr);
+    write_series(&at("mr"), &p.ct, &p.geometry.affine, &mr).unwrap();
     let err = refusal(&at("mr"));
     assert!(
         err.contains("no volumetric CT series here") && err.contains("MR"),
@@ -462,7 +267,7 @@ fn broken_series_are_refused_with_the_file_and_the_problem() {
         ..Writing::new("1.2.826.0.1.3680043.10.99.300")
     };
     let p = phantom("LAS");
-    let rle_files = write_series(&at("undecodable_rle"), &p.ct, &p.geometry.affine, &rle);
+    let rle_files = write_series(&at("undecodable_rle"), &p.ct, &p.geometry.affine, &rle).unwrap();
     let mut object = dicom_object::open_file(&rle_files[4]).unwrap();
     let mut frame = rle_frame(&[0u16; 1600], 40);
     frame[8..12].copy_from_slice(&100_000u32.to_le_bytes());
@@ -499,7 +304,7 @@ fn dcm2niix_reads_the_same_voxels_and_world_geometry() {
             transfer_syntax: syntax,
             ..Writing::new(&format!("1.2.826.0.1.3680043.10.99.{}", 400 + n))
         };
-        write_series(&folder, &p.ct, &p.geometry.affine, &how);
+        write_series(&folder, &p.ct, &p.geometry.affine, &how).unwrap();
         let out = dir.path().join(format!("dcm2niix{n}"));
         std::fs::create_dir_all(&out).unwrap();
         let run = std::process::Command::new("dcm2niix")
@@ -538,7 +343,7 @@ fn ct_info_describes_a_dicom_folder_and_converts_it_to_nifti() {
     let dir = tempfile::tempdir().unwrap();
     let p = phantom("RPI");
     let how = Writing::new("1.2.826.0.1.3680043.10.99.500");
-    write_series(&dir.path().join("ct"), &p.ct, &p.geometry.affine, &how);
+    write_series(&dir.path().join("ct"), &p.ct, &p.geometry.affine, &how).unwrap();
     let out = dir.path().join("converted.nii.gz");
     let ct_info = |args: &[&std::ffi::OsStr]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_ct-info"))
@@ -569,7 +374,8 @@ fn ct_info_describes_a_dicom_folder_and_converts_it_to_nifti() {
         &p.ct,
         &p.geometry.affine,
         &other,
-    );
+    )
+    .unwrap();
     let run = ct_info(&[folder.as_os_str()]);
     assert_eq!(run.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&run.stderr);

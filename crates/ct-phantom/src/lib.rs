@@ -16,6 +16,7 @@
 
 mod anatomy;
 mod canvas;
+pub mod dicom;
 mod lesions;
 mod scanner;
 

@@ -146,7 +146,7 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
             input.is_dir() || lungs.is_dir() || ct_io::task::strip_nifti_extension(lungs).is_none();
         for job in &mut jobs {
             job.lungs = Some(if folder {
-                lungs.join(job.input.file_name().expect("a file"))
+                lungs.join(job.output.file_name().expect("a file"))
             } else {
                 lungs.clone()
             });

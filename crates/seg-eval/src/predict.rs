@@ -262,25 +262,57 @@ impl Predictor {
 /// Where one CT's prediction goes.
 #[derive(Debug, Clone)]
 pub struct Job {
+    /// A NIfTI file, or DICOM (a folder or a file of the series).
     pub input: PathBuf,
+    /// The DICOM series to read from `input`.
+    pub series: Option<String>,
     pub output: PathBuf,
     pub probabilities: Option<PathBuf>,
     /// Where the lung mask goes, if it is to be kept.
     pub lungs: Option<PathBuf>,
 }
 
-/// Plans the jobs for `input` (a NIfTI file or a folder of them) and `output`: for a folder, one
-/// mask per CT with the CT's file name in the output folder (probabilities in its
-/// `probabilities/` subfolder); for a file, `output` is the mask's path unless it is a folder.
+/// Plans the jobs for `input` and `output`. A folder of NIfTI files: one mask per CT with the CT's
+/// file name in the output folder (probabilities in its `probabilities/` subfolder). A folder of
+/// DICOM files (several studies, say): one mask per volumetric CT series, `<series id>.nii.gz`
+/// in the output folder (or `output` itself when it names a file and there is one series). A
+/// file (NIfTI, or DICOM for its series): `output` is the mask's path unless it is a folder.
 pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<Vec<Job>> {
     let is_nifti = |p: &Path| ct_io::task::strip_nifti_extension(p).is_some();
+    let probabilities_of = |mask: &Path| {
+        probabilities.then(|| {
+            let stem = ct_io::task::strip_nifti_extension(mask).unwrap_or_default();
+            mask.with_file_name(format!("{stem}_probabilities.nii.gz"))
+        })
+    };
     if input.is_dir() {
         let files = ct_io::task::nifti_files(input)?;
-        ensure!(
-            !files.is_empty(),
-            "{}: no NIfTI files (.nii, .nii.gz) in this folder",
-            input.display()
-        );
+        if files.is_empty() {
+            let series = dicom_series(input)?;
+            if let ([one], true) = (series.as_slice(), is_nifti(output)) {
+                return Ok(vec![Job {
+                    input: input.to_path_buf(),
+                    series: Some(one.clone()),
+                    output: output.to_path_buf(),
+                    probabilities: probabilities_of(output),
+                    lungs: None,
+                }]);
+            }
+            return Ok(series
+                .into_iter()
+                .map(|id| {
+                    let name = format!("{id}.nii.gz");
+                    Job {
+                        input: input.to_path_buf(),
+                        output: output.join(&name),
+                        probabilities: probabilities
+                            .then(|| output.join(PROBABILITIES_DIR).join(&name)),
+                        lungs: None,
+                        series: Some(id),
+                    }
+                })
+                .collect());
+        }
         ensure!(
             !is_nifti(output),
             "{}: the input is a folder, so the output must be a folder too",
@@ -296,6 +328,7 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
                         .then(|| output.join(PROBABILITIES_DIR).join(&name)),
                     lungs: None,
                     input: file,
+                    series: None,
                 }
             })
             .collect());
@@ -303,22 +336,46 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
     if !input.is_file() {
         bail!("{}: no such file or folder", input.display());
     }
-    let name = input.file_name().expect("a file").to_owned();
+    let dicom = ct_io::dicom::is_dicom_file(input);
+    let name = if dicom {
+        format!("{}.nii.gz", ct_io::dicom::series_of(input)?).into()
+    } else {
+        input.file_name().expect("a file").to_owned()
+    };
     let mask = if output.is_dir() || !is_nifti(output) {
         output.join(&name)
     } else {
         output.to_path_buf()
     };
-    let probabilities = probabilities.then(|| {
-        let stem = ct_io::task::strip_nifti_extension(&mask).unwrap_or_default();
-        mask.with_file_name(format!("{stem}_probabilities.nii.gz"))
-    });
     Ok(vec![Job {
         input: input.to_path_buf(),
+        series: None,
+        probabilities: probabilities_of(&mask),
         output: mask,
-        probabilities,
         lungs: None,
     }])
+}
+
+/// The ids of the volumetric CT series in a folder of DICOM files.
+fn dicom_series(folder: &Path) -> anyhow::Result<Vec<String>> {
+    let scan = ct_io::dicom::scan(&[folder.to_path_buf()]).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: no NIfTI files (.nii, .nii.gz) and no DICOM series here ({e})",
+            folder.display()
+        )
+    })?;
+    let series: Vec<String> = scan
+        .series()
+        .into_iter()
+        .filter(|s| s.volumetric_ct)
+        .map(|s| s.id)
+        .collect();
+    ensure!(
+        !series.is_empty(),
+        "{}: no volumetric CT series among the DICOM files here",
+        folder.display()
+    );
+    Ok(series)
 }
 
 /// The subfolder of an output folder that holds probability maps.
@@ -371,7 +428,7 @@ impl PredictionNotes {
 /// asked, the probabilities (float32); each file appears complete or not at all.
 pub fn run_job(predictor: &Predictor, job: &Job) -> anyhow::Result<JobReport> {
     let start = Instant::now();
-    let volume = ct_io::read_volume(&job.input)?;
+    let volume = ct_io::read_ct(&job.input, job.series.as_deref())?.volume;
     let prediction = predictor.predict(&volume, &job.input)?;
     write(&job.output, &prediction.mask, &volume.geometry)?;
     if let Some(path) = &job.probabilities {

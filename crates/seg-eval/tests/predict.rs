@@ -417,3 +417,55 @@ fn the_predictor_feeds_the_network_what_ct_preprocess_wrote_for_training() {
         );
     }
 }
+
+#[test]
+fn a_dicom_folder_of_two_series_gives_one_mask_per_series_in_its_geometry() {
+    use ct_phantom::dicom::{Writing, write_series};
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = checkpoint(dir.path(), 3);
+    let predictor = Predictor::load(&checkpoint, &candle_core::Device::Cpu, options(0.5)).unwrap();
+    let config = SynthConfig {
+        size: 40,
+        slices: 12,
+        orientation: "LPS".into(),
+        ..SynthConfig::default()
+    };
+    let p = ct_phantom::generate_case(&config, 0);
+    let export = dir.path().join("export");
+    let uids = [
+        "1.2.826.0.1.3680043.10.99.601",
+        "1.2.826.0.1.3680043.10.99.602",
+    ];
+    for (n, uid) in uids.iter().enumerate() {
+        let folder = export.join(format!("study{n}"));
+        write_series(&folder, &p.ct, &p.geometry.affine, &Writing::new(uid)).unwrap();
+    }
+    let out = dir.path().join("masks");
+    let jobs = plan(&export, &out, false).unwrap();
+    assert_eq!(jobs.len(), 2);
+    for (job, uid) in jobs.iter().zip(uids) {
+        assert_eq!(job.output, out.join(format!("{uid}.nii.gz")));
+        run_job(&predictor, job).unwrap();
+        let ct = ct_io::read_ct(&export, Some(uid)).unwrap().volume;
+        let mask = read_volume(&job.output).unwrap();
+        assert_eq!(mask.geometry, ct.geometry);
+    }
+    // One file stands for its series.
+    let file = std::fs::read_dir(export.join("study1"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let jobs = plan(&file, &out, false).unwrap();
+    assert_eq!(jobs[0].output, out.join(format!("{}.nii.gz", uids[1])));
+    // A folder without CTs says so.
+    std::fs::create_dir_all(dir.path().join("nothing")).unwrap();
+    let err = plan(&dir.path().join("nothing"), &out, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no NIfTI files (.nii, .nii.gz) and no DICOM series here"),
+        "{err}"
+    );
+}

@@ -1,0 +1,215 @@
+//! Phantoms written as DICOM CT series, one file per slice, the ways scanners and PACS write
+//! them (signed or unsigned storage, implicit or explicit VR, RLE, file names and InstanceNumber
+//! unrelated to position), for the DICOM reader's tests and for trying `ct-info` on a series.
+
+use std::path::{Path, PathBuf};
+
+use dicom_core::value::{PixelFragmentSequence, PrimitiveValue};
+use dicom_core::{DataElement, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use ndarray::Array3;
+
+use ct_io::{Error, Result};
+
+/// CT Image Storage.
+pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+pub const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+pub const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// How a series is written.
+#[derive(Debug, Clone)]
+pub struct Writing {
+    pub series_uid: String,
+    pub modality: &'static str,
+    /// Stored as signed 16-bit HU, or unsigned 12-bit (HU + 1024, intercept -1024).
+    pub signed: bool,
+    pub transfer_syntax: &'static str,
+    /// File names in an order unrelated to position (a hash), InstanceNumber running against it.
+    pub shuffled: bool,
+}
+
+impl Writing {
+    /// Signed, explicit VR little endian, shuffled names, modality CT.
+    pub fn new(series_uid: &str) -> Writing {
+        Writing {
+            series_uid: series_uid.into(),
+            modality: "CT",
+            signed: true,
+            transfer_syntax: EXPLICIT_LE,
+            shuffled: true,
+        }
+    }
+}
+
+/// A data element of a primitive value.
+pub fn element(
+    tag: dicom_core::Tag,
+    vr: VR,
+    value: impl Into<PrimitiveValue>,
+) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, vr, value.into())
+}
+
+/// Numbers as a DICOM decimal string (DS), backslash-separated.
+pub fn decimal(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.6}"))
+        .collect::<Vec<_>>()
+        .join("\\")
+}
+
+/// Writes `ct` (HU, placed by the RAS `affine`) as one file per slice of its third voxel axis:
+/// columns along its first axis, rows along its second, positions from the affine (RAS → LPS).
+/// Returns the files in slice order.
+pub fn write_series(
+    dir: &Path,
+    ct: &Array3<i16>,
+    affine: &[[f64; 4]; 4],
+    how: &Writing,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let (columns, rows, slices) = ct.dim();
+    let lps = |v: [f64; 3]| [-v[0], -v[1], v[2]];
+    let axis = |c: usize| [affine[0][c], affine[1][c], affine[2][c]];
+    let norm = |v: [f64; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+    let (ci, cj) = (axis(0), axis(1));
+    let (si, sj) = (norm(ci), norm(cj));
+    let row = lps(ci.map(|v| v / si));
+    let column = lps(cj.map(|v| v / sj));
+    let mut files = Vec::new();
+    for k in 0..slices {
+        let origin = [0, 1, 2].map(|r| affine[r][3] + affine[r][2] * k as f64);
+        let position = lps(origin);
+        let uid = format!("{}.{}", how.series_uid, k + 1);
+        let instance = if how.shuffled { slices - k } else { k + 1 };
+        let mut object = InMemDicomObject::new_empty();
+        for (tag, vr, value) in [
+            (tags::SOP_CLASS_UID, VR::UI, CT_IMAGE_STORAGE.to_string()),
+            (tags::SOP_INSTANCE_UID, VR::UI, uid.clone()),
+            (
+                tags::STUDY_INSTANCE_UID,
+                VR::UI,
+                "1.2.826.0.1.3680043.10.99.1".into(),
+            ),
+            (tags::SERIES_INSTANCE_UID, VR::UI, how.series_uid.clone()),
+            (
+                tags::FRAME_OF_REFERENCE_UID,
+                VR::UI,
+                "1.2.826.0.1.3680043.10.99.2".into(),
+            ),
+            (tags::MODALITY, VR::CS, how.modality.into()),
+            (tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\AXIAL".into()),
+            (tags::PATIENT_NAME, VR::PN, "Phantom^Test".into()),
+            (tags::PATIENT_ID, VR::LO, "P001".into()),
+            (tags::SERIES_DESCRIPTION, VR::LO, "phantom".into()),
+            (tags::INSTANCE_NUMBER, VR::IS, instance.to_string()),
+            (tags::IMAGE_POSITION_PATIENT, VR::DS, decimal(&position)),
+            (
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                decimal(&[row[0], row[1], row[2], column[0], column[1], column[2]]),
+            ),
+            (tags::PIXEL_SPACING, VR::DS, decimal(&[sj, si])),
+            (
+                tags::PHOTOMETRIC_INTERPRETATION,
+                VR::CS,
+                "MONOCHROME2".into(),
+            ),
+            (tags::RESCALE_SLOPE, VR::DS, "1".into()),
+            (
+                tags::RESCALE_INTERCEPT,
+                VR::DS,
+                if how.signed { "0" } else { "-1024" }.into(),
+            ),
+        ] {
+            object.put(element(tag, vr, value));
+        }
+        for (tag, value) in [
+            (tags::SAMPLES_PER_PIXEL, 1u16),
+            (tags::ROWS, rows as u16),
+            (tags::COLUMNS, columns as u16),
+            (tags::BITS_ALLOCATED, 16),
+            (tags::BITS_STORED, if how.signed { 16 } else { 12 }),
+            (tags::HIGH_BIT, if how.signed { 15 } else { 11 }),
+            (tags::PIXEL_REPRESENTATION, u16::from(how.signed)),
+        ] {
+            object.put(element(tag, VR::US, value));
+        }
+        // Row-major: row j, column i.
+        let words: Vec<u16> = (0..rows)
+            .flat_map(|j| (0..columns).map(move |i| (i, j)))
+            .map(|(i, j)| {
+                let hu = ct[[i, j, k]];
+                if how.signed {
+                    hu as u16
+                } else {
+                    (i32::from(hu) + 1024).clamp(0, 4095) as u16
+                }
+            })
+            .collect();
+        if ![EXPLICIT_LE, IMPLICIT_LE].contains(&how.transfer_syntax) {
+            let fragment = rle_frame(&words, columns);
+            object.put(DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                PixelFragmentSequence::new(vec![0u32], vec![fragment]),
+            ));
+        } else {
+            object.put(element(
+                tags::PIXEL_DATA,
+                VR::OW,
+                PrimitiveValue::U16(words.into()),
+            ));
+        }
+        let name = if how.shuffled {
+            format!(
+                "IM{:08x}",
+                (k as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
+            )
+        } else {
+            format!("slice{k:04}.dcm")
+        };
+        let path = dir.join(name);
+        object
+            .with_meta(FileMetaTableBuilder::new().transfer_syntax(how.transfer_syntax))
+            .map_err(|e| Error::invalid(&path, format!("cannot build the file meta group: {e}")))?
+            .write_to_file(&path)
+            .map_err(|e| Error::invalid(&path, format!("cannot write: {e}")))?;
+        files.push(path);
+    }
+    Ok(files)
+}
+
+/// One RLE Lossless frame of 16-bit samples: the high-byte and low-byte planes as segments of
+/// literal runs, row by row (PS3.5 G.3).
+pub fn rle_frame(words: &[u16], columns: usize) -> Vec<u8> {
+    let mut segments: Vec<Vec<u8>> = Vec::new();
+    for shift in [8, 0] {
+        let mut segment = Vec::new();
+        for row in words.chunks(columns) {
+            let bytes: Vec<u8> = row.iter().map(|w| (w >> shift) as u8).collect();
+            for run in bytes.chunks(128) {
+                segment.push((run.len() - 1) as u8);
+                segment.extend_from_slice(run);
+            }
+        }
+        if segment.len() % 2 == 1 {
+            segment.push(0);
+        }
+        segments.push(segment);
+    }
+    let mut frame = vec![0u8; 64];
+    frame[0..4].copy_from_slice(&2u32.to_le_bytes());
+    let mut offset = 64u32;
+    for (n, segment) in segments.iter().enumerate() {
+        frame[4 + 4 * n..8 + 4 * n].copy_from_slice(&offset.to_le_bytes());
+        offset += segment.len() as u32;
+    }
+    for segment in segments {
+        frame.extend(segment);
+    }
+    frame
+}
