@@ -44,12 +44,17 @@ struct PredictArgs {
     /// A checkpoint folder (model.safetensors + checkpoint.json), e.g. work/default/runs/default/best.
     #[arg(long, value_name = "DIR", requires_all = ["input", "output"])]
     checkpoint: Option<PathBuf>,
-    /// A CT (.nii or .nii.gz) or a folder of them.
+    /// A CT (.nii or .nii.gz) or a folder of them; or DICOM: a folder (one mask per CT series)
+    /// or a file of the series.
     #[arg(long, value_name = "PATH")]
     input: Option<PathBuf>,
-    /// The mask file, or a folder for one mask per CT (same file names as the CTs).
+    /// The mask file (a .dcm name writes a DICOM SEG over a DICOM input), or a folder for one
+    /// mask per CT (same file names as the CTs; <series id>.nii.gz for DICOM).
     #[arg(long, value_name = "PATH")]
     output: Option<PathBuf>,
+    /// A DICOM SEG output gets a frame for every source slice, not only those with tumour.
+    #[arg(long)]
+    all_frames: bool,
     /// Also write float32 probability maps.
     #[arg(long)]
     save_probabilities: bool,
@@ -141,6 +146,9 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
         "--threshold must be in (0, 1)"
     );
     let mut jobs = plan(&input, &output, a.save_probabilities)?;
+    for job in &mut jobs {
+        job.all_frames = a.all_frames;
+    }
     if let Some(lungs) = &a.save_lungs {
         let folder =
             input.is_dir() || lungs.is_dir() || ct_io::task::strip_nifti_extension(lungs).is_none();

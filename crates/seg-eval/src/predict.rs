@@ -79,6 +79,8 @@ impl PredictedLungs {
 pub struct Predictor {
     model: Model,
     info: CheckpointInfo,
+    /// The checkpoint folder, and the run and epoch it records, in words (for a SEG's description).
+    identity: String,
     preprocess: PreprocessConfig,
     options: PredictOptions,
     device: Device,
@@ -122,9 +124,17 @@ impl Predictor {
             info.model.in_channels
         );
         ensure!(options.batch_size > 0, "the batch size must be at least 1");
+        let mut identity = format!("lungseg checkpoint {}", checkpoint.display());
+        if let (Some(run), Some(epoch)) = (
+            info.extra["run"].as_str(),
+            info.extra["best_epoch"].as_u64(),
+        ) {
+            identity.push_str(&format!(" (run {run}, epoch {epoch})"));
+        }
         Ok(Predictor {
             model,
             info,
+            identity,
             preprocess,
             options,
             device: device.clone(),
@@ -259,6 +269,12 @@ impl Predictor {
     }
 }
 
+/// True for an output path that asks for a DICOM SEG (`.dcm`).
+pub fn is_seg(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("dcm"))
+}
+
 /// Where one CT's prediction goes.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -270,6 +286,8 @@ pub struct Job {
     pub probabilities: Option<PathBuf>,
     /// Where the lung mask goes, if it is to be kept.
     pub lungs: Option<PathBuf>,
+    /// For a DICOM SEG output: a frame for every source slice, not only those with tumour.
+    pub all_frames: bool,
 }
 
 /// Plans the jobs for `input` and `output`. A folder of NIfTI files: one mask per CT with the CT's
@@ -278,10 +296,14 @@ pub struct Job {
 /// in the output folder (or `output` itself when it names a file and there is one series). A
 /// file (NIfTI, or DICOM for its series): `output` is the mask's path unless it is a folder.
 pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<Vec<Job>> {
-    let is_nifti = |p: &Path| ct_io::task::strip_nifti_extension(p).is_some();
+    let names_a_file = |p: &Path| ct_io::task::strip_nifti_extension(p).is_some() || is_seg(p);
     let probabilities_of = |mask: &Path| {
         probabilities.then(|| {
-            let stem = ct_io::task::strip_nifti_extension(mask).unwrap_or_default();
+            let stem = ct_io::task::strip_nifti_extension(mask).unwrap_or_else(|| {
+                mask.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
             mask.with_file_name(format!("{stem}_probabilities.nii.gz"))
         })
     };
@@ -289,13 +311,14 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
         let files = ct_io::task::nifti_files(input)?;
         if files.is_empty() {
             let series = dicom_series(input)?;
-            if let ([one], true) = (series.as_slice(), is_nifti(output)) {
+            if let ([one], true) = (series.as_slice(), names_a_file(output)) {
                 return Ok(vec![Job {
                     input: input.to_path_buf(),
                     series: Some(one.clone()),
                     output: output.to_path_buf(),
                     probabilities: probabilities_of(output),
                     lungs: None,
+                    all_frames: false,
                 }]);
             }
             return Ok(series
@@ -309,12 +332,13 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
                             .then(|| output.join(PROBABILITIES_DIR).join(&name)),
                         lungs: None,
                         series: Some(id),
+                        all_frames: false,
                     }
                 })
                 .collect());
         }
         ensure!(
-            !is_nifti(output),
+            !names_a_file(output),
             "{}: the input is a folder, so the output must be a folder too",
             output.display()
         );
@@ -329,6 +353,7 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
                     lungs: None,
                     input: file,
                     series: None,
+                    all_frames: false,
                 }
             })
             .collect());
@@ -342,7 +367,7 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
     } else {
         input.file_name().expect("a file").to_owned()
     };
-    let mask = if output.is_dir() || !is_nifti(output) {
+    let mask = if output.is_dir() || !names_a_file(output) {
         output.join(&name)
     } else {
         output.to_path_buf()
@@ -353,6 +378,7 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
         probabilities: probabilities_of(&mask),
         output: mask,
         lungs: None,
+        all_frames: false,
     }])
 }
 
@@ -428,9 +454,34 @@ impl PredictionNotes {
 /// asked, the probabilities (float32); each file appears complete or not at all.
 pub fn run_job(predictor: &Predictor, job: &Job) -> anyhow::Result<JobReport> {
     let start = Instant::now();
-    let volume = ct_io::read_ct(&job.input, job.series.as_deref())?.volume;
+    let ct = ct_io::read_ct(&job.input, job.series.as_deref())?;
+    let volume = ct.volume;
+    if is_seg(&job.output) && ct.dicom.is_none() {
+        bail!(
+            "{}: a DICOM SEG can only be written for a DICOM input, and {} is NIfTI (write a \
+             .nii.gz mask)",
+            job.output.display(),
+            job.input.display()
+        );
+    }
     let prediction = predictor.predict(&volume, &job.input)?;
-    write(&job.output, &prediction.mask, &volume.geometry)?;
+    match &ct.dicom {
+        Some(source) if is_seg(&job.output) => {
+            let options = ct_io::dicom::SegOptions {
+                algorithm: "lungseg".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                description: predictor.identity.clone(),
+                all_frames: job.all_frames,
+            };
+            ct_io::dicom::write_seg(
+                &job.output,
+                prediction.mask.view(),
+                &source.series,
+                &options,
+            )?;
+        }
+        _ => write(&job.output, &prediction.mask, &volume.geometry)?,
+    }
     if let Some(path) = &job.probabilities {
         write(path, &prediction.probabilities, &volume.geometry)?;
     }

@@ -469,3 +469,258 @@ fn a_dicom_folder_of_two_series_gives_one_mask_per_series_in_its_geometry() {
         "{err}"
     );
 }
+
+/// A DICOM series holding a bright block (HU 400 in -1000) at a known place, the pass-through
+/// network that finds it, and both outputs of `seg-eval predict`: a NIfTI mask and a DICOM SEG.
+struct SegCase {
+    _dir: tempfile::TempDir,
+    series: PathBuf,
+    nifti: PathBuf,
+    seg: PathBuf,
+    uid: &'static str,
+}
+
+fn seg_case() -> SegCase {
+    use ct_phantom::dicom::{Writing, write_series};
+    let dir = tempfile::tempdir().unwrap();
+    let preprocess = PreprocessConfig {
+        size: 32,
+        crop_slices: 0,
+        window: vec![-1000.0, 400.0],
+        ..PreprocessConfig::default()
+    };
+    let checkpoint = pass_through_checkpoint(dir.path(), &preprocess, 20.0, -10.0);
+    let shape = [36, 30, 10];
+    let ct = ndarray::Array3::from_shape_fn(shape, |(i, j, k)| {
+        let inside = (4..12).contains(&i) && (6..14).contains(&j) && (2..6).contains(&k);
+        if inside { 400i16 } else { -1000 }
+    });
+    let affine =
+        ct_io::geometry::affine_for_orientation("LPS", shape, [0.8, 0.7, 2.5], [3.0, 5.0, -60.0])
+            .unwrap();
+    let uid = "1.2.826.0.1.3680043.10.99.801";
+    let series = dir.path().join("series");
+    write_series(&series, &ct, &affine, &Writing::new(uid)).unwrap();
+    let (nifti, seg) = (dir.path().join("mask.nii.gz"), dir.path().join("mask.dcm"));
+    for output in [&nifti, &seg] {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_seg-eval"))
+            .args(["predict", "--no-lung-constraint", "--checkpoint"])
+            .arg(&checkpoint)
+            .arg("--input")
+            .arg(&series)
+            .arg("--output")
+            .arg(output)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    SegCase {
+        _dir: dir,
+        series,
+        nifti,
+        seg,
+        uid,
+    }
+}
+
+#[test]
+fn a_dicom_seg_holds_the_mask_over_its_source_slices() {
+    use dicom_dictionary_std::tags;
+    let case = seg_case();
+    let mask = read_volume(&case.nifti).unwrap();
+    let source = ct_io::read_ct(&case.series, None)
+        .unwrap()
+        .dicom
+        .unwrap()
+        .series;
+    let seg = dicom_object::open_file(&case.seg).unwrap();
+    let text = |object: &dicom_object::InMemDicomObject, tag| {
+        object
+            .element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .to_string()
+    };
+    let root: &dicom_object::InMemDicomObject = &seg;
+    assert_eq!(
+        text(root, tags::SOP_CLASS_UID),
+        "1.2.840.10008.5.1.4.1.1.66.4"
+    );
+    assert_eq!(text(root, tags::MODALITY), "SEG");
+    assert_eq!(text(root, tags::SEGMENTATION_TYPE), "BINARY");
+    assert_eq!(text(root, tags::PATIENT_ID), "P001");
+    assert_eq!(
+        text(root, tags::STUDY_INSTANCE_UID),
+        source.study_instance_uid
+    );
+    assert_eq!(
+        text(root, tags::FRAME_OF_REFERENCE_UID),
+        source.frame_of_reference_uid
+    );
+    assert_ne!(text(root, tags::SERIES_INSTANCE_UID), case.uid);
+    assert!(text(root, tags::CONTENT_DESCRIPTION).contains("pass_through"));
+    let segment = &root
+        .element(tags::SEGMENT_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    assert_eq!(text(segment, tags::SEGMENT_ALGORITHM_TYPE), "AUTOMATIC");
+    let property = &segment
+        .element(tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    assert_eq!(text(property, tags::CODE_VALUE), "108369006");
+
+    // Frames only where the mask is, each over its source slice, bits back to back.
+    let (columns, rows, slices) = mask.data.dim();
+    let with_mask: Vec<usize> = (0..slices)
+        .filter(|&k| {
+            mask.data
+                .index_axis(ndarray::Axis(2), k)
+                .iter()
+                .any(|v| *v > 0.0)
+        })
+        .collect();
+    assert_eq!(with_mask, [2, 3, 4, 5]);
+    let frames = root
+        .element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    assert_eq!(frames.len(), with_mask.len());
+    assert_eq!(
+        text(root, tags::NUMBER_OF_FRAMES),
+        with_mask.len().to_string()
+    );
+    let bits = root.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+    for (n, (frame, &k)) in frames.iter().zip(&with_mask).enumerate() {
+        let nested = |object: &dicom_object::InMemDicomObject, tag| {
+            object.element(tag).unwrap().items().unwrap()[0].clone()
+        };
+        let reference = nested(
+            &nested(frame, tags::DERIVATION_IMAGE_SEQUENCE),
+            tags::SOURCE_IMAGE_SEQUENCE,
+        );
+        assert_eq!(
+            text(&reference, tags::REFERENCED_SOP_INSTANCE_UID),
+            source.slices[k].sop_instance_uid
+        );
+        let position: Vec<f64> = nested(frame, tags::PLANE_POSITION_SEQUENCE)
+            .element(tags::IMAGE_POSITION_PATIENT)
+            .unwrap()
+            .to_multi_float64()
+            .unwrap();
+        for (got, want) in position.iter().zip(source.slices[k].position) {
+            assert!((got - want).abs() < 1e-4, "frame {n}: {position:?}");
+        }
+        for j in 0..rows {
+            for i in 0..columns {
+                let bit = n * rows * columns + j * columns + i;
+                let set = bits[bit / 8] >> (bit % 8) & 1 == 1;
+                assert_eq!(
+                    set,
+                    mask.data[[i, j, k]] > 0.0,
+                    "frame {n} pixel ({i}, {j})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_dicom_seg_is_refused_for_a_nifti_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = checkpoint(dir.path(), 3);
+    let input = phantom(dir.path(), "LAS");
+    let output = dir.path().join("mask.dcm");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_seg-eval"))
+        .args(["predict", "--checkpoint"])
+        .arg(&checkpoint)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("a DICOM SEG can only be written for a DICOM input"),
+        "{stderr}"
+    );
+    assert!(!output.exists());
+}
+
+#[test]
+#[ignore = "needs dciodvfy (Debian's dicom3tools; .ci/run installs it) (cargo test -- --ignored)"]
+fn dciodvfy_finds_no_error_in_our_dicom_seg() {
+    let case = seg_case();
+    let run = std::process::Command::new("dciodvfy")
+        .arg(&case.seg)
+        .output()
+        .expect("dciodvfy is installed");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
+    assert!(errors.is_empty(), "{report}");
+}
+
+#[test]
+#[ignore = "needs highdicom: LUNGSEG_PYTHON (.ci/run installs it) (cargo test -- --ignored)"]
+fn highdicom_reads_our_dicom_seg_as_the_nifti_mask() {
+    let case = seg_case();
+    let python = std::env::var("LUNGSEG_PYTHON").unwrap_or_else(|_| "python3".into());
+    // highdicom places each frame by its own geometry into the source series' grid; the result,
+    // read as (slice, row, column) over the source files sorted as highdicom sorts them, is
+    // compared with our NIfTI mask through nibabel-free world coordinates.
+    const CHECK: &str = r#"
+import sys, glob, json
+import numpy as np, pydicom, highdicom as hd
+seg = hd.seg.segread(sys.argv[1])
+sources = [pydicom.dcmread(f) for f in glob.glob(sys.argv[2] + "/*")]
+uids = [s.SOPInstanceUID for s in sources]
+volume = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1], assert_missing_frames_are_empty=True)
+out = {}
+for s, plane in zip(sources, volume[..., 0]):
+    out[s.SOPInstanceUID] = [int(v) for v in np.argwhere(plane > 0).ravel()]
+print(json.dumps(out))
+"#;
+    let run = std::process::Command::new(&python)
+        .args(["-c", CHECK])
+        .arg(&case.seg)
+        .arg(&case.series)
+        .output()
+        .expect("a Python with highdicom");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let theirs: std::collections::BTreeMap<String, Vec<usize>> =
+        serde_json::from_slice(&run.stdout).unwrap();
+    let mask = read_volume(&case.nifti).unwrap();
+    let source = ct_io::read_ct(&case.series, None)
+        .unwrap()
+        .dicom
+        .unwrap()
+        .series;
+    let (columns, rows, _) = mask.data.dim();
+    for (k, slice) in source.slices.iter().enumerate() {
+        let ours: Vec<usize> = (0..rows)
+            .flat_map(|j| (0..columns).map(move |i| (i, j)))
+            .filter(|&(i, j)| mask.data[[i, j, k]] > 0.0)
+            .flat_map(|(i, j)| [j, i])
+            .collect();
+        assert_eq!(theirs[&slice.sop_instance_uid], ours, "slice {k}");
+    }
+}

@@ -11,6 +11,7 @@
 
 mod pixels;
 mod scan;
+mod seg;
 mod series;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use crate::nii::{Datatype, Volume};
 use crate::{Error, Result};
 
 pub use scan::{Scan, SeriesSummary, scan};
+pub use seg::{SegOptions, write_seg};
 
 /// What a derived object (a DICOM SEG) needs of the source series, beside the voxels.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,6 +44,10 @@ pub struct SeriesInfo {
     pub study_id: String,
     pub accession_number: String,
     pub referring_physician: String,
+    /// ImageOrientationPatient (LPS direction cosines of a row, then of a column).
+    pub orientation: [f64; 6],
+    /// PixelSpacing: between rows, between columns (mm).
+    pub pixel_spacing: [f64; 2],
     /// The source slices in volume order (k = 0 first).
     pub slices: Vec<SliceInfo>,
 }

@@ -48,6 +48,8 @@ impl SortedSeries {
             study_id,
             accession_number,
             referring_physician,
+            orientation: first.orientation,
+            pixel_spacing: first.pixel_spacing,
             slices: self
                 .files
                 .iter()
