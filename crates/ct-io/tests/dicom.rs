@@ -407,9 +407,11 @@ fn series_compressed_by_gdcm_read_back_to_the_phantom() {
     let dir = tempfile::tempdir().unwrap();
     // Signed 16-bit and unsigned 12-bit storage, re-encoded as gdcmconv does it: the signed
     // JPEG-lossless case is where decoders have gone wrong.
-    let codecs: [(&str, &[&str]); 2] = [
+    let codecs: [(&str, &[&str]); 4] = [
         ("jpeg-lossless", &["--jpeg", "--lossless"]),
         ("rle", &["--rle"]),
+        ("jpeg2000-lossless", &["--j2k", "--lossless"]),
+        ("deflate", &["--deflated"]),
     ];
     for signed in [true, false] {
         let p = phantom("LAS");
