@@ -974,3 +974,140 @@ pub fn real(args: RealBench) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct DicomBench {
+    /// In-plane voxels of the synthetic series (CT: 512).
+    #[arg(long, default_value_t = 512)]
+    size: usize,
+    /// Slices of the synthetic series.
+    #[arg(long, default_value_t = 300)]
+    slices: usize,
+    /// Runs of each reader (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Working folder (default: /dev/shm when there is one, so disks do not decide).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// `cargo xtask bench dicom`: reading a synthetic CT series (one file per slice), uncompressed
+/// and as a JPEG-lossless copy (made by gdcmconv, when installed), with ct-io beside
+/// `dcm2niix -z n` converting the same files, in the same run.
+pub fn dicom(args: DicomBench) -> anyhow::Result<()> {
+    use ct_phantom::dicom::{Writing, write_series};
+    let base = match &args.dir {
+        Some(dir) => dir.clone(),
+        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    };
+    let tmp = tempfile::tempdir_in(&base)?;
+    let synth = SynthConfig {
+        size: args.size,
+        slices: args.slices,
+        ..SynthConfig::default()
+    };
+    let phantom = ct_phantom::generate_case(&synth, 0);
+    let plain = tmp.path().join("uncompressed");
+    let files = write_series(
+        &plain,
+        &phantom.ct,
+        &phantom.geometry.affine,
+        &Writing::new("1.2.826.0.1.3680043.10.99.900"),
+    )?;
+    let mut series = vec![("uncompressed", plain)];
+    if have("gdcmconv") {
+        let jpeg = tmp.path().join("jpeg-lossless");
+        std::fs::create_dir_all(&jpeg)?;
+        for file in &files {
+            let status = Command::new("gdcmconv")
+                .arg("--jpeg") // lossless unless --lossy
+                .arg(file)
+                .arg(jpeg.join(file.file_name().context("a file")?))
+                .status()?;
+            anyhow::ensure!(status.success(), "gdcmconv failed on {}", file.display());
+        }
+        series.push(("jpeg-lossless", jpeg));
+    } else {
+        println!("gdcmconv not found (Debian's libgdcm-tools): the JPEG-lossless copy is skipped");
+    }
+    let dcm2niix = have("dcm2niix");
+    if !dcm2niix {
+        println!("dcm2niix not found (Debian's dcm2niix): no comparison");
+    }
+    let mb = (args.size * args.size * args.slices * 2) as f64 / 1e6;
+    println!(
+        "DICOM read benchmark: {0}x{0}x{1} CT series ({mb:.0} MB of pixels), {2} threads, median of {3}",
+        args.size,
+        args.slices,
+        rayon::current_num_threads(),
+        args.repeats
+    );
+    println!(
+        "{:>14} {:>14} {:>18} {:>8}",
+        "series", "ct-io (s)", "dcm2niix -z n (s)", "ratio"
+    );
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut rows = Vec::new();
+    for (name, folder) in &series {
+        let ours = median(
+            (0..args.repeats.max(1))
+                .map(|_| -> anyhow::Result<f64> {
+                    let start = Instant::now();
+                    let ct = ct_io::read_ct(folder, None)?;
+                    anyhow::ensure!(ct.volume.geometry.shape[2] == args.slices, "slices lost");
+                    Ok(start.elapsed().as_secs_f64())
+                })
+                .collect::<anyhow::Result<_>>()?,
+        );
+        let theirs = if dcm2niix {
+            let out = tmp.path().join(format!("dcm2niix_{name}"));
+            std::fs::create_dir_all(&out)?;
+            let times = (0..args.repeats.max(1))
+                .map(|_| -> anyhow::Result<f64> {
+                    let start = Instant::now();
+                    let status = Command::new("dcm2niix")
+                        .args(["-z", "n", "-b", "n", "-f", "converted", "-o"])
+                        .arg(&out)
+                        .arg(folder)
+                        .stdout(std::process::Stdio::null())
+                        .status()?;
+                    anyhow::ensure!(status.success(), "dcm2niix failed on {}", folder.display());
+                    let seconds = start.elapsed().as_secs_f64();
+                    std::fs::remove_dir_all(&out)?;
+                    std::fs::create_dir_all(&out)?;
+                    Ok(seconds)
+                })
+                .collect::<anyhow::Result<_>>()?;
+            Some(median(times))
+        } else {
+            None
+        };
+        let ratio = theirs.map(|t| t / ours);
+        println!(
+            "{:>14} {:>14.3} {:>18} {:>8}",
+            name,
+            ours,
+            theirs.map_or("-".into(), |t| format!("{t:.3}")),
+            ratio.map_or("-".into(), |r| format!("{r:.2}x"))
+        );
+        rows.push(serde_json::json!({"series": name, "ct_io_s": ours, "dcm2niix_s": theirs}));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"benchmark": "dicom", "shape": [args.size, args.size, args.slices], "rows": rows})
+    );
+    Ok(())
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("-h")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}

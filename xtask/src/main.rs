@@ -49,6 +49,8 @@ enum Bench {
     Infer(bench::InferBench),
     /// Predict the real CTs of ../shared/data/real (or --dir) and score them.
     Real(bench::RealBench),
+    /// Read a 512x512x300 DICOM series (uncompressed, JPEG lossless) beside dcm2niix.
+    Dicom(bench::DicomBench),
 }
 
 #[derive(clap::Args)]
@@ -142,6 +144,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth(args),
         Command::Bench(Bench::Preprocess(args)) => bench::preprocess(args),
         Command::Bench(Bench::Loader(args)) => bench::loader(args),
+        Command::Bench(Bench::Dicom(args)) => bench::dicom(args),
         // Training and prediction run as the stage binaries run them (bench preprocess measures
         // ct-preprocess's library as its binary runs it: without).
         Command::Bench(Bench::Model(args)) => {
