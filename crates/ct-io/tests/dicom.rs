@@ -444,3 +444,64 @@ fn series_compressed_by_gdcm_read_back_to_the_phantom() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs pydicom's bundled test files (LUNGSEG_PYTHON) and dcm2niix (cargo test -- --ignored)"]
+fn pydicoms_real_world_series_read_refuse_and_agree_with_dcm2niix() {
+    let python = std::env::var("LUNGSEG_PYTHON").unwrap_or_else(|_| "python3".into());
+    let run = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import os, pydicom; print(os.path.dirname(pydicom.__file__))",
+        ])
+        .output()
+        .expect("a Python with pydicom");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let root = PathBuf::from(String::from_utf8_lossy(&run.stdout).trim())
+        .join("data/test_files/dicomdirtests");
+    // Five CT slices to sort (file names unrelated to position).
+    let five = root.join("98892001/CT5N");
+    let ct = read_ct(&five, None).unwrap();
+    assert_eq!(ct.volume.geometry.shape, [16, 16, 5]);
+    let dir = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new("dcm2niix")
+        .args(["-z", "n", "-b", "n", "-f", "converted", "-o"])
+        .arg(dir.path())
+        .arg(&five)
+        .output()
+        .expect("dcm2niix is installed");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let theirs = ct_io::read_volume(&dir.path().join("converted.nii")).unwrap();
+    let (a, b) = (
+        Reorientation::to_canonical(&theirs.geometry),
+        Reorientation::to_canonical(&ct.volume.geometry),
+    );
+    let offset = a
+        .canonical_geometry(&theirs.geometry)
+        .affine_difference(&b.canonical_geometry(&ct.volume.geometry));
+    assert!(offset < 1e-3, "world geometry differs by {offset} mm");
+    assert!(
+        a.apply(theirs.data.view()) == b.apply(ct.volume.data.view()),
+        "voxels differ"
+    );
+    // Two scouts only, and a series with a gap.
+    let err = read_ct(&root.join("98892001/CT2N"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no volumetric CT series here") && err.contains("Scout"),
+        "{err}"
+    );
+    let err = read_ct(&root.join("77654033/CT2"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a missing slice"), "{err}");
+}
