@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::nii::{Datatype, Volume};
+use crate::nii::Volume;
 use crate::{Error, Result};
 
 pub use scan::{Scan, SeriesSummary, scan};
@@ -102,18 +102,6 @@ pub fn is_dicom_file(path: &Path) -> bool {
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut head))
         .is_ok_and(|()| &head[128..] == b"DICM")
-}
-
-/// The datatype a NIfTI copy of these HU values keeps them in exactly.
-fn datatype_for(values: &[f32]) -> Datatype {
-    let integral = values
-        .iter()
-        .all(|v| v.fract() == 0.0 && (-32768.0..=32767.0).contains(v));
-    if integral {
-        Datatype::I16
-    } else {
-        Datatype::F32
-    }
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> Error {

@@ -6,9 +6,9 @@ use dicom_pixeldata::PixelDecoder;
 use ndarray::{Array3, ShapeBuilder};
 use rayon::prelude::*;
 
+use super::invalid;
 use super::scan::FileHeader;
 use super::series::SortedSeries;
-use super::{datatype_for, invalid};
 use crate::Result;
 use crate::nii::Datatype;
 
@@ -18,17 +18,24 @@ pub(super) fn read_voxels(series: &SortedSeries) -> Result<(Array3<f32>, Datatyp
     let [columns, rows, slices] = series.geometry.shape;
     let plane = columns * rows;
     let mut data = vec![0f32; plane * slices];
-    data.par_chunks_mut(plane)
+    let exact_i16: Vec<bool> = data
+        .par_chunks_mut(plane)
         .zip(series.files.par_iter())
-        .try_for_each(|(out, file)| decode_slice(file, out))?;
-    let datatype = datatype_for(&data);
+        .map(|(out, file)| decode_slice(file, out))
+        .collect::<Result<_>>()?;
+    let datatype = if exact_i16.iter().all(|&e| e) {
+        Datatype::I16
+    } else {
+        Datatype::F32
+    };
     let data =
         Array3::from_shape_vec((columns, rows, slices).f(), data).expect("sized to the shape");
     Ok((data, datatype))
 }
 
-/// One slice's HU into `out` (rows x columns, row-major).
-fn decode_slice(header: &FileHeader, out: &mut [f32]) -> Result<()> {
+/// One slice's HU into `out` (rows x columns, row-major); true when they are integers that
+/// int16 holds.
+fn decode_slice(header: &FileHeader, out: &mut [f32]) -> Result<bool> {
     let file = &header.file;
     let object = OpenFileOptions::new()
         .open_file(file)
@@ -86,44 +93,56 @@ fn decode_slice(header: &FileHeader, out: &mut [f32]) -> Result<()> {
             format!("BitsStored {bits_stored} with BitsAllocated {bits_allocated}"),
         ));
     }
-    // Stored values: the low `bits_stored` bits of each sample, two's complement when signed.
-    let stored = |raw: u32| -> f64 {
-        let value = raw & ((1u64 << bits_stored) - 1) as u32;
-        if signed && value >> (bits_stored - 1) & 1 == 1 {
-            f64::from(value) - (1u64 << bits_stored) as f64
+    // Stored values: the low `bits_stored` bits of each sample, two's complement when signed
+    // (shifted up to the top of an i32 and back, which sign-extends).
+    let shift = 32 - u32::from(bits_stored);
+    let stored = |raw: u32| -> i32 {
+        if signed {
+            ((raw << shift) as i32) >> shift
         } else {
-            f64::from(value)
+            (raw << shift >> shift) as i32
         }
     };
-    let hu = |raw: u32| (stored(raw) * slope + intercept) as f32;
-    match bits_allocated {
-        16 => {
-            let words = decoded.data_ow();
-            if words.len() < out.len() {
-                return Err(invalid(file, "pixel data ends early"));
-            }
-            out.iter_mut()
-                .zip(&words)
-                .for_each(|(o, &w)| *o = hu(u32::from(w)));
-        }
-        8 => {
-            let bytes = decoded.data();
-            if bytes.len() < out.len() {
-                return Err(invalid(file, "pixel data ends early"));
-            }
-            out.iter_mut()
-                .zip(bytes)
-                .for_each(|(o, &b)| *o = hu(u32::from(b)));
-        }
+    let words: Vec<u16> = match bits_allocated {
+        16 => decoded.data_ow(),
+        8 => decoded.data().iter().map(|&b| u16::from(b)).collect(),
         other => {
             return Err(invalid(
                 file,
                 format!("BitsAllocated {other}: only 8 and 16 are read"),
             ));
         }
+    };
+    if words.len() < out.len() {
+        return Err(invalid(file, "pixel data ends early"));
     }
-    if let Some(bad) = out.iter().find(|v| !v.is_finite()) {
-        return Err(invalid(file, format!("a voxel rescales to {bad}")));
+    let words = &words[..out.len()];
+    let (lo, hi) = words.iter().fold((i32::MAX, i32::MIN), |(lo, hi), &w| {
+        let v = stored(u32::from(w));
+        (lo.min(v), hi.max(v))
+    });
+    let ends = [
+        f64::from(lo) * slope + intercept,
+        f64::from(hi) * slope + intercept,
+    ];
+    if ends.iter().any(|v| v.abs() > f64::from(f32::MAX)) {
+        return Err(invalid(
+            file,
+            format!("voxels rescale to {ends:?}: outside what a CT holds"),
+        ));
     }
-    Ok(())
+    // Integer HU (slope 1, whole intercept) stay exact integers.
+    let integral = slope == 1.0 && intercept.fract() == 0.0;
+    if integral {
+        let offset = intercept as i32;
+        out.iter_mut()
+            .zip(words)
+            .for_each(|(o, &w)| *o = (stored(u32::from(w)) + offset) as f32);
+    } else {
+        out.iter_mut()
+            .zip(words)
+            .for_each(|(o, &w)| *o = (f64::from(stored(u32::from(w))) * slope + intercept) as f32);
+    }
+    let fits_i16 = integral && ends.iter().all(|v| (-32768.0..=32767.0).contains(v));
+    Ok(fits_i16)
 }
