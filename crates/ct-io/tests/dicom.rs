@@ -505,3 +505,34 @@ fn pydicoms_real_world_series_read_refuse_and_agree_with_dcm2niix() {
         .to_string();
     assert!(err.contains("a missing slice"), "{err}");
 }
+
+#[test]
+fn an_enhanced_multi_frame_ct_reads_back_to_the_phantom() {
+    use ct_phantom::dicom::write_enhanced;
+    let dir = tempfile::tempdir().unwrap();
+    for (n, orientation) in ["LAS", "RPI"].into_iter().enumerate() {
+        let p = phantom(orientation);
+        let how = Writing {
+            signed: n == 0,
+            ..Writing::new(&format!("1.2.826.0.1.3680043.10.99.95{n}"))
+        };
+        let file = dir.path().join(format!("enhanced{n}/ct.dcm"));
+        write_enhanced(&file, &p.ct, &p.geometry.affine, &how).unwrap();
+        // The folder and the file itself both stand for the series.
+        for path in [file.parent().unwrap(), file.as_path()] {
+            let ct = read_ct(path, None).unwrap_or_else(|e| panic!("{orientation}: {e}"));
+            assert_same_ct(&format!("enhanced {orientation}"), &p, &ct.volume);
+            let slices = ct.dicom.unwrap().series.slices;
+            assert_eq!(slices.len(), p.ct.dim().2);
+            // Each frame once, referred to by number.
+            let mut frames: Vec<u32> = slices.iter().map(|s| s.frame_number.unwrap()).collect();
+            frames.sort();
+            assert_eq!(frames, (1..=p.ct.dim().2 as u32).collect::<Vec<_>>());
+            assert!(
+                slices
+                    .iter()
+                    .all(|s| s.sop_instance_uid == slices[0].sop_instance_uid)
+            );
+        }
+    }
+}

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use dicom_core::value::{PixelFragmentSequence, PrimitiveValue};
-use dicom_core::{DataElement, VR};
+use dicom_core::value::{DataSetSequence, PixelFragmentSequence, PrimitiveValue};
+use dicom_core::{DataElement, Length, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use ndarray::Array3;
@@ -14,6 +14,8 @@ use ct_io::{Error, Result};
 
 /// CT Image Storage.
 pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+/// Enhanced CT Image Storage (one multi-frame object per series).
+pub const ENHANCED_CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2.1";
 pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 pub const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 pub const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
@@ -71,6 +73,129 @@ pub fn write_series(
     how: &Writing,
 ) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files = Vec::new();
+    for (name, object) in slice_objects(ct, affine, how) {
+        let path = dir.join(name);
+        write(object, how.transfer_syntax, &path)?;
+        files.push(path);
+    }
+    Ok(files)
+}
+
+fn write(object: InMemDicomObject, transfer_syntax: &str, path: &Path) -> Result<()> {
+    object
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(transfer_syntax))
+        .map_err(|e| Error::invalid(path, format!("cannot build the file meta group: {e}")))?
+        .write_to_file(path)
+        .map_err(|e| Error::invalid(path, format!("cannot write: {e}")))
+}
+
+/// Writes `ct` as one enhanced (multi-frame) CT object at `path`: the slices of [`write_series`]
+/// as frames, stored in reverse order of position, their positions in the per-frame functional
+/// groups and orientation, spacing and rescale shared. Uncompressed only.
+pub fn write_enhanced(
+    path: &Path,
+    ct: &Array3<i16>,
+    affine: &[[f64; 4]; 4],
+    how: &Writing,
+) -> Result<()> {
+    let plain = Writing {
+        transfer_syntax: EXPLICIT_LE,
+        ..how.clone()
+    };
+    let slices = slice_objects(ct, affine, &plain);
+    let first = &slices[0].1;
+    let sequence = |tag, items: Vec<InMemDicomObject>| {
+        DataElement::new(tag, VR::SQ, DataSetSequence::new(items, Length::UNDEFINED))
+    };
+    let copied = |object: &InMemDicomObject, tags: &[dicom_core::Tag]| {
+        InMemDicomObject::from_element_iter(
+            tags.iter().filter_map(|&t| object.element(t).ok().cloned()),
+        )
+    };
+    let mut enhanced = first.clone();
+    for tag in [
+        tags::IMAGE_POSITION_PATIENT,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        tags::PIXEL_SPACING,
+        tags::RESCALE_SLOPE,
+        tags::RESCALE_INTERCEPT,
+        tags::INSTANCE_NUMBER,
+        tags::PIXEL_DATA,
+    ] {
+        enhanced.remove_element(tag);
+    }
+    enhanced.put(element(
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        ENHANCED_CT_IMAGE_STORAGE,
+    ));
+    enhanced.put(element(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        format!("{}.1", how.series_uid),
+    ));
+    enhanced.put(element(tags::INSTANCE_NUMBER, VR::IS, "1"));
+    enhanced.put(element(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        slices.len().to_string(),
+    ));
+    let mut transform = copied(first, &[tags::RESCALE_INTERCEPT, tags::RESCALE_SLOPE]);
+    transform.put(element(tags::RESCALE_TYPE, VR::LO, "HU"));
+    enhanced.put(sequence(
+        tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            sequence(
+                tags::PIXEL_MEASURES_SEQUENCE,
+                vec![copied(first, &[tags::PIXEL_SPACING])],
+            ),
+            sequence(
+                tags::PLANE_ORIENTATION_SEQUENCE,
+                vec![copied(first, &[tags::IMAGE_ORIENTATION_PATIENT])],
+            ),
+            sequence(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, vec![transform]),
+        ])],
+    ));
+    let mut per_frame = Vec::new();
+    let mut words: Vec<u16> = Vec::new();
+    for (_, slice) in slices.iter().rev() {
+        per_frame.push(InMemDicomObject::from_element_iter([sequence(
+            tags::PLANE_POSITION_SEQUENCE,
+            vec![copied(slice, &[tags::IMAGE_POSITION_PATIENT])],
+        )]));
+        let pixels = slice
+            .element(tags::PIXEL_DATA)
+            .map_err(|e| Error::invalid(path, e.to_string()))?
+            .to_bytes()
+            .map_err(|e| Error::invalid(path, e.to_string()))?;
+        words.extend(
+            pixels
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]])),
+        );
+    }
+    enhanced.put(sequence(
+        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+        per_frame,
+    ));
+    enhanced.put(element(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(words.into()),
+    ));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    write(enhanced, EXPLICIT_LE, path)
+}
+
+/// The slices of `ct` as single-frame CT image objects, with their file names.
+fn slice_objects(
+    ct: &Array3<i16>,
+    affine: &[[f64; 4]; 4],
+    how: &Writing,
+) -> Vec<(String, InMemDicomObject)> {
     let (columns, rows, slices) = ct.dim();
     let lps = |v: [f64; 3]| [-v[0], -v[1], v[2]];
     let axis = |c: usize| [affine[0][c], affine[1][c], affine[2][c]];
@@ -79,7 +204,7 @@ pub fn write_series(
     let (si, sj) = (norm(ci), norm(cj));
     let row = lps(ci.map(|v| v / si));
     let column = lps(cj.map(|v| v / sj));
-    let mut files = Vec::new();
+    let mut objects = Vec::new();
     for k in 0..slices {
         let origin = [0, 1, 2].map(|r| affine[r][3] + affine[r][2] * k as f64);
         let position = lps(origin);
@@ -172,15 +297,9 @@ pub fn write_series(
         } else {
             format!("slice{k:04}.dcm")
         };
-        let path = dir.join(name);
-        object
-            .with_meta(FileMetaTableBuilder::new().transfer_syntax(how.transfer_syntax))
-            .map_err(|e| Error::invalid(&path, format!("cannot build the file meta group: {e}")))?
-            .write_to_file(&path)
-            .map_err(|e| Error::invalid(&path, format!("cannot write: {e}")))?;
-        files.push(path);
+        objects.push((name, object));
     }
-    Ok(files)
+    objects
 }
 
 /// One RLE Lossless frame of 16-bit samples: the high-byte and low-byte planes as segments of

@@ -480,8 +480,9 @@ struct SegCase {
     uid: &'static str,
 }
 
-fn seg_case() -> SegCase {
-    use ct_phantom::dicom::{Writing, write_series};
+/// `enhanced`: the series as one multi-frame object.
+fn seg_case(enhanced: bool) -> SegCase {
+    use ct_phantom::dicom::{Writing, write_enhanced, write_series};
     let dir = tempfile::tempdir().unwrap();
     let preprocess = PreprocessConfig {
         size: 32,
@@ -500,7 +501,11 @@ fn seg_case() -> SegCase {
             .unwrap();
     let uid = "1.2.826.0.1.3680043.10.99.801";
     let series = dir.path().join("series");
-    write_series(&series, &ct, &affine, &Writing::new(uid)).unwrap();
+    if enhanced {
+        write_enhanced(&series.join("ct.dcm"), &ct, &affine, &Writing::new(uid)).unwrap();
+    } else {
+        write_series(&series, &ct, &affine, &Writing::new(uid)).unwrap();
+    }
     let (nifti, seg) = (dir.path().join("mask.nii.gz"), dir.path().join("mask.dcm"));
     for output in [&nifti, &seg] {
         let run = std::process::Command::new(env!("CARGO_BIN_EXE_seg-eval"))
@@ -529,8 +534,13 @@ fn seg_case() -> SegCase {
 
 #[test]
 fn a_dicom_seg_holds_the_mask_over_its_source_slices() {
+    for enhanced in [false, true] {
+        check_seg(&seg_case(enhanced));
+    }
+}
+
+fn check_seg(case: &SegCase) {
     use dicom_dictionary_std::tags;
-    let case = seg_case();
     let mask = read_volume(&case.nifti).unwrap();
     let source = ct_io::read_ct(&case.series, None)
         .unwrap()
@@ -612,6 +622,11 @@ fn a_dicom_seg_holds_the_mask_over_its_source_slices() {
             text(&reference, tags::REFERENCED_SOP_INSTANCE_UID),
             source.slices[k].sop_instance_uid
         );
+        let frame_number = reference
+            .element_opt(tags::REFERENCED_FRAME_NUMBER)
+            .unwrap()
+            .map(|e| e.to_int::<u32>().unwrap());
+        assert_eq!(frame_number, source.slices[k].frame_number);
         let position: Vec<f64> = nested(frame, tags::PLANE_POSITION_SEQUENCE)
             .element(tags::IMAGE_POSITION_PATIENT)
             .unwrap()
@@ -661,7 +676,12 @@ fn a_dicom_seg_is_refused_for_a_nifti_input() {
 #[test]
 #[ignore = "needs dciodvfy (Debian's dicom3tools; .ci/run installs it) (cargo test -- --ignored)"]
 fn dciodvfy_finds_no_error_in_our_dicom_seg() {
-    let case = seg_case();
+    for enhanced in [false, true] {
+        dciodvfy(&seg_case(enhanced));
+    }
+}
+
+fn dciodvfy(case: &SegCase) {
     let run = std::process::Command::new("dciodvfy")
         .arg(&case.seg)
         .output()
@@ -678,7 +698,7 @@ fn dciodvfy_finds_no_error_in_our_dicom_seg() {
 #[test]
 #[ignore = "needs highdicom: LUNGSEG_PYTHON (.ci/run installs it) (cargo test -- --ignored)"]
 fn highdicom_reads_our_dicom_seg_as_the_nifti_mask() {
-    let case = seg_case();
+    let case = seg_case(false);
     let python = std::env::var("LUNGSEG_PYTHON").unwrap_or_else(|_| "python3".into());
     // highdicom places each frame by its own geometry into the source series' grid; the result,
     // read as (slice, row, column) over the source files sorted as highdicom sorts them, is

@@ -52,10 +52,12 @@ pub struct SeriesInfo {
     pub slices: Vec<SliceInfo>,
 }
 
-/// One source slice: its SOP Instance UID, file and ImagePositionPatient (LPS, mm).
+/// One source slice: its SOP Instance UID (and frame number, 1-based, in an enhanced
+/// multi-frame object), file and ImagePositionPatient (LPS, mm).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SliceInfo {
     pub sop_instance_uid: String,
+    pub frame_number: Option<u32>,
     pub file: PathBuf,
     pub position: [f64; 3],
 }
@@ -91,6 +93,8 @@ pub fn read_dicom(inputs: &[PathBuf], series: Option<&str>) -> Result<(Volume, D
 /// The SeriesInstanceUID of one DICOM file.
 pub fn series_of(file: &Path) -> Result<String> {
     scan::read_header(file)?
+        .into_iter()
+        .next()
         .map(|h| h.series_instance_uid)
         .ok_or_else(|| invalid(file, "a DICOM file without an image"))
 }

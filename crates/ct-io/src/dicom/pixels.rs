@@ -1,4 +1,5 @@
-//! Decoding a sorted series' pixel data (dicom-rs) into HU, slice by slice in parallel.
+//! Decoding a sorted series' pixel data (dicom-rs) into HU, in parallel: one file per slice, or
+//! one enhanced file holding every slice as a frame.
 
 use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
@@ -12,17 +13,46 @@ use super::series::SortedSeries;
 use crate::Result;
 use crate::nii::Datatype;
 
+/// One file's decoded samples and how to read them.
+struct Decoded {
+    /// Every frame's samples, frame after frame.
+    words: Vec<u16>,
+    bits_stored: u16,
+    signed: bool,
+    /// The top-level RescaleSlope and RescaleIntercept.
+    rescale: [f64; 2],
+}
+
 /// The voxels in HU, Fortran layout `[columns, rows, slices]` (a frame's row-major pixels are
 /// one contiguous plane), and the datatype that holds them exactly.
 pub(super) fn read_voxels(series: &SortedSeries) -> Result<(Array3<f32>, Datatype)> {
     let [columns, rows, slices] = series.geometry.shape;
     let plane = columns * rows;
     let mut data = vec![0f32; plane * slices];
-    let exact_i16: Vec<bool> = data
-        .par_chunks_mut(plane)
-        .zip(series.files.par_iter())
-        .map(|(out, file)| decode_slice(file, out))
-        .collect::<Result<_>>()?;
+    let planes = data.par_chunks_mut(plane).zip(series.files.par_iter());
+    let exact_i16: Vec<bool> = if series.files.iter().all(|f| f.frames <= 1) {
+        // A file per slice: each decoded on the thread that fills its plane.
+        planes
+            .map(|(out, header)| convert(header, &decode_file(header, plane)?, 0, out))
+            .collect::<Result<_>>()?
+    } else {
+        // Enhanced objects: each file decoded once, its frames then spread over the planes.
+        let mut files: Vec<&FileHeader> = series.files.iter().collect();
+        files.sort_by(|a, b| a.file.cmp(&b.file));
+        files.dedup_by(|a, b| a.file == b.file);
+        let decoded: Vec<Decoded> = files
+            .par_iter()
+            .map(|h| decode_file(h, plane))
+            .collect::<Result<_>>()?;
+        planes
+            .map(|(out, header)| {
+                let at = files
+                    .binary_search_by(|f| f.file.cmp(&header.file))
+                    .expect("every slice's file was decoded");
+                convert(header, &decoded[at], header.frame as usize * plane, out)
+            })
+            .collect::<Result<_>>()?
+    };
     let datatype = if exact_i16.iter().all(|&e| e) {
         Datatype::I16
     } else {
@@ -33,9 +63,8 @@ pub(super) fn read_voxels(series: &SortedSeries) -> Result<(Array3<f32>, Datatyp
     Ok((data, datatype))
 }
 
-/// One slice's HU into `out` (rows x columns, row-major); true when they are integers that
-/// int16 holds.
-fn decode_slice(header: &FileHeader, out: &mut [f32]) -> Result<bool> {
+/// Decodes the pixel data of `header`'s file: `plane` samples per frame, every frame.
+fn decode_file(header: &FileHeader, plane: usize) -> Result<Decoded> {
     let file = &header.file;
     let object = OpenFileOptions::new()
         .open_file(file)
@@ -50,8 +79,10 @@ fn decode_slice(header: &FileHeader, out: &mut [f32]) -> Result<bool> {
                 .ok_or_else(|| invalid(file, format!("unreadable {tag}"))),
         }
     };
-    let slope = number(tags::RESCALE_SLOPE, 1.0)?;
-    let intercept = number(tags::RESCALE_INTERCEPT, 0.0)?;
+    let rescale = [
+        number(tags::RESCALE_SLOPE, 1.0)?,
+        number(tags::RESCALE_INTERCEPT, 0.0)?,
+    ];
     let samples = number(tags::SAMPLES_PER_PIXEL, 1.0)?;
     if samples != 1.0 {
         return Err(invalid(
@@ -72,16 +103,17 @@ fn decode_slice(header: &FileHeader, out: &mut [f32]) -> Result<bool> {
     })?;
     let (bits_allocated, bits_stored) = (decoded.bits_allocated(), decoded.bits_stored());
     let signed = decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
-    if decoded.rows() as usize * decoded.columns() as usize != out.len()
-        || decoded.number_of_frames() != 1
+    if decoded.rows() as usize * decoded.columns() as usize != plane
+        || decoded.number_of_frames() != header.frames.max(1)
     {
         return Err(invalid(
             file,
             format!(
-                "{} frames of {}x{} pixels where the header says one of {}x{}",
+                "{} frames of {}x{} pixels where the header says {} of {}x{}",
                 decoded.number_of_frames(),
                 decoded.columns(),
                 decoded.rows(),
+                header.frames.max(1),
                 header.columns,
                 header.rows
             ),
@@ -93,16 +125,6 @@ fn decode_slice(header: &FileHeader, out: &mut [f32]) -> Result<bool> {
             format!("BitsStored {bits_stored} with BitsAllocated {bits_allocated}"),
         ));
     }
-    // Stored values: the low `bits_stored` bits of each sample, two's complement when signed
-    // (shifted up to the top of an i32 and back, which sign-extends).
-    let shift = 32 - u32::from(bits_stored);
-    let stored = |raw: u32| -> i32 {
-        if signed {
-            ((raw << shift) as i32) >> shift
-        } else {
-            (raw << shift >> shift) as i32
-        }
-    };
     let words: Vec<u16> = match bits_allocated {
         16 => decoded.data_ow(),
         8 => decoded.data().iter().map(|&b| u16::from(b)).collect(),
@@ -113,12 +135,36 @@ fn decode_slice(header: &FileHeader, out: &mut [f32]) -> Result<bool> {
             ));
         }
     };
-    if words.len() < out.len() {
+    if words.len() < plane * header.frames.max(1) as usize {
         return Err(invalid(file, "pixel data ends early"));
     }
-    let words = &words[..out.len()];
+    Ok(Decoded {
+        words,
+        bits_stored,
+        signed,
+        rescale,
+    })
+}
+
+/// The plane of `header` (its samples from `start` in `decoded`) as HU into `out`; true when
+/// they are integers that int16 holds.
+fn convert(header: &FileHeader, decoded: &Decoded, start: usize, out: &mut [f32]) -> Result<bool> {
+    let words = &decoded.words[start..start + out.len()];
+    let [slope, intercept] = header.rescale.unwrap_or(decoded.rescale);
+    // Stored values: the low `bits_stored` bits of each sample, two's complement when signed
+    // (shifted up to the top of an i32 and back, which sign-extends).
+    let shift = 32 - u32::from(decoded.bits_stored);
+    let signed = decoded.signed;
+    let stored = |raw: u16| -> i32 {
+        let raw = u32::from(raw);
+        if signed {
+            ((raw << shift) as i32) >> shift
+        } else {
+            (raw << shift >> shift) as i32
+        }
+    };
     let (lo, hi) = words.iter().fold((i32::MAX, i32::MIN), |(lo, hi), &w| {
-        let v = stored(u32::from(w));
+        let v = stored(w);
         (lo.min(v), hi.max(v))
     });
     let ends = [
@@ -127,7 +173,7 @@ fn decode_slice(header: &FileHeader, out: &mut [f32]) -> Result<bool> {
     ];
     if ends.iter().any(|v| v.abs() > f64::from(f32::MAX)) {
         return Err(invalid(
-            file,
+            &header.file,
             format!("voxels rescale to {ends:?}: outside what a CT holds"),
         ));
     }
@@ -137,12 +183,11 @@ fn decode_slice(header: &FileHeader, out: &mut [f32]) -> Result<bool> {
         let offset = intercept as i32;
         out.iter_mut()
             .zip(words)
-            .for_each(|(o, &w)| *o = (stored(u32::from(w)) + offset) as f32);
+            .for_each(|(o, &w)| *o = (stored(w) + offset) as f32);
     } else {
         out.iter_mut()
             .zip(words)
-            .for_each(|(o, &w)| *o = (f64::from(stored(u32::from(w))) * slope + intercept) as f32);
+            .for_each(|(o, &w)| *o = (f64::from(stored(w)) * slope + intercept) as f32);
     }
-    let fits_i16 = integral && ends.iter().all(|v| (-32768.0..=32767.0).contains(v));
-    Ok(fits_i16)
+    Ok(integral && ends.iter().all(|v| (-32768.0..=32767.0).contains(v)))
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -18,6 +18,8 @@ const DICOMDIR_CLASS: &str = "1.2.840.10008.1.3.10";
 #[derive(Debug, Clone)]
 pub(super) struct FileHeader {
     pub file: PathBuf,
+    /// The frame within the file (0 but in an enhanced, multi-frame object).
+    pub frame: u32,
     pub sop_instance_uid: String,
     pub sop_class_uid: String,
     pub series_instance_uid: String,
@@ -31,6 +33,9 @@ pub(super) struct FileHeader {
     /// Direction cosines of a row (increasing column) and of a column (increasing row), LPS.
     pub orientation: [f64; 6],
     pub position: [f64; 3],
+    /// RescaleSlope and RescaleIntercept from an enhanced object's functional groups (a
+    /// single-frame image keeps them at the top level, read when decoding).
+    pub rescale: Option<[f64; 2]>,
     pub frame_of_reference_uid: String,
     pub description: String,
     /// Patient and study attributes, copied into derived objects.
@@ -45,6 +50,17 @@ pub(super) struct Part {
     pub files: Vec<FileHeader>,
 }
 
+impl FileHeader {
+    /// The file, and the frame in a multi-frame one, for messages.
+    pub fn place(&self) -> String {
+        if self.frames > 1 {
+            format!("{} (frame {})", self.file.display(), self.frame + 1)
+        } else {
+            self.file.display().to_string()
+        }
+    }
+}
+
 impl Part {
     fn is_localizer(&self) -> bool {
         self.files[0]
@@ -55,9 +71,7 @@ impl Part {
 
     fn is_volumetric_ct(&self) -> bool {
         let first = &self.files[0];
-        first.modality.trim() == "CT"
-            && !self.is_localizer()
-            && (self.files.len() > 1 || first.frames > 1)
+        first.modality.trim() == "CT" && !self.is_localizer() && self.files.len() > 1
     }
 
     fn summary(&self) -> SeriesSummary {
@@ -137,19 +151,21 @@ pub fn scan(inputs: &[PathBuf]) -> Result<Scan> {
     files.dedup();
     let (dicom, other): (Vec<PathBuf>, Vec<PathBuf>) =
         files.into_iter().partition(|f| is_dicom_file(f));
-    let headers: Vec<Option<FileHeader>> = dicom
+    let headers: Vec<Vec<FileHeader>> = dicom
         .par_iter()
         .map(|f| read_header(f))
         .collect::<Result<_>>()?;
     let mut skipped_files = other.len();
     let mut by_series: BTreeMap<String, Vec<FileHeader>> = BTreeMap::new();
-    for header in headers {
-        match header {
-            Some(h) => by_series
+    for file_headers in headers {
+        if file_headers.is_empty() {
+            skipped_files += 1;
+        }
+        for h in file_headers {
+            by_series
                 .entry(h.series_instance_uid.clone())
                 .or_default()
-                .push(h),
-            None => skipped_files += 1,
+                .push(h);
         }
     }
     if by_series.is_empty() {
@@ -158,20 +174,21 @@ pub fn scan(inputs: &[PathBuf]) -> Result<Scan> {
     let mut duplicates = 0;
     let mut parts = Vec::new();
     for (uid, mut headers) in by_series {
-        headers.sort_by(|a, b| a.sop_instance_uid.cmp(&b.sop_instance_uid));
-        let before = headers.len();
+        headers.sort_by(|a, b| {
+            (&a.sop_instance_uid, a.frame, &a.file).cmp(&(&b.sop_instance_uid, b.frame, &b.file))
+        });
         headers.dedup_by(|b, a| {
-            let same = a.sop_instance_uid == b.sop_instance_uid;
-            if same {
+            let same = a.sop_instance_uid == b.sop_instance_uid && a.frame == b.frame;
+            if same && b.frame == 0 {
                 tracing::warn!(
                     "{}: the same SOP instance as {}, skipped",
                     b.file.display(),
                     a.file.display()
                 );
+                duplicates += 1;
             }
             same
         });
-        duplicates += before - headers.len();
         parts.extend(split(&uid, headers));
     }
     Ok(Scan {
@@ -295,8 +312,9 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// The header of an image file; None for a DICOM file that holds no image (a DICOMDIR, a report).
-pub(super) fn read_header(file: &Path) -> Result<Option<FileHeader>> {
+/// The headers of an image file, one per frame (an enhanced CT object holds a whole series);
+/// none for a DICOM file that holds no image (a DICOMDIR, a report).
+pub(super) fn read_header(file: &Path) -> Result<Vec<FileHeader>> {
     let object = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(file)
@@ -304,24 +322,9 @@ pub(super) fn read_header(file: &Path) -> Result<Option<FileHeader>> {
     if object.meta().media_storage_sop_class_uid() == DICOMDIR_CLASS
         || !object.element_opt(tags::ROWS).is_ok_and(|e| e.is_some())
     {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let text = |tag| text(&object, tag);
-    let numbers = |tag, name: &str, count: usize| -> Result<Vec<f64>> {
-        let values = object
-            .element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_multi_float64().ok())
-            .ok_or_else(|| invalid(file, format!("no {name}")))?;
-        if values.len() != count || values.iter().any(|v| !v.is_finite()) {
-            return Err(invalid(
-                file,
-                format!("{name} {values:?} is not {count} numbers"),
-            ));
-        }
-        Ok(values)
-    };
     let integer = |tag, name: &str| -> Result<u32> {
         object
             .element(tag)
@@ -335,46 +338,27 @@ pub(super) fn read_header(file: &Path) -> Result<Option<FileHeader>> {
         .flatten()
         .and_then(|e| e.to_int::<u32>().ok())
         .unwrap_or(1);
-    let modality = text(tags::MODALITY);
     let image_type = object
         .element_opt(tags::IMAGE_TYPE)
         .ok()
         .flatten()
         .and_then(|e| e.to_multi_str().ok().map(|v| v.to_vec()))
         .unwrap_or_default();
-    let header = FileHeader {
+    let template = FileHeader {
         file: file.to_path_buf(),
+        frame: 0,
+        frames,
         sop_instance_uid: text(tags::SOP_INSTANCE_UID),
         sop_class_uid: text(tags::SOP_CLASS_UID),
         series_instance_uid: text(tags::SERIES_INSTANCE_UID),
+        modality: text(tags::MODALITY),
+        image_type,
         rows: integer(tags::ROWS, "Rows")?,
         columns: integer(tags::COLUMNS, "Columns")?,
-        frames,
-        pixel_spacing: if frames > 1 {
-            [0.0; 2] // in the functional groups of an enhanced object, refused when read
-        } else {
-            numbers(tags::PIXEL_SPACING, "PixelSpacing", 2)?
-                .try_into()
-                .expect("two numbers")
-        },
-        orientation: if frames > 1 {
-            [0.0; 6]
-        } else {
-            numbers(
-                tags::IMAGE_ORIENTATION_PATIENT,
-                "ImageOrientationPatient",
-                6,
-            )?
-            .try_into()
-            .expect("six numbers")
-        },
-        position: if frames > 1 {
-            [0.0; 3]
-        } else {
-            numbers(tags::IMAGE_POSITION_PATIENT, "ImagePositionPatient", 3)?
-                .try_into()
-                .expect("three numbers")
-        },
+        pixel_spacing: [0.0; 2],
+        orientation: [0.0; 6],
+        position: [0.0; 3],
+        rescale: None,
         frame_of_reference_uid: text(tags::FRAME_OF_REFERENCE_UID),
         description: text(tags::SERIES_DESCRIPTION),
         patient: [
@@ -393,13 +377,126 @@ pub(super) fn read_header(file: &Path) -> Result<Option<FileHeader>> {
             tags::REFERRING_PHYSICIAN_NAME,
         ]
         .map(text),
-        modality,
-        image_type,
     };
-    if header.sop_instance_uid.is_empty() || header.series_instance_uid.is_empty() {
+    if template.sop_instance_uid.is_empty() || template.series_instance_uid.is_empty() {
         return Err(invalid(file, "no SOPInstanceUID or SeriesInstanceUID"));
     }
-    Ok(Some(header))
+    if frames <= 1 {
+        let mut header = template;
+        header.pixel_spacing = numbers(file, &object, tags::PIXEL_SPACING, "PixelSpacing")?;
+        header.orientation = numbers(
+            file,
+            &object,
+            tags::IMAGE_ORIENTATION_PATIENT,
+            "ImageOrientationPatient",
+        )?;
+        header.position = numbers(
+            file,
+            &object,
+            tags::IMAGE_POSITION_PATIENT,
+            "ImagePositionPatient",
+        )?;
+        return Ok(vec![header]);
+    }
+    // An enhanced object: each frame's attributes in its functional groups, per frame or shared.
+    let groups = |tag| -> Vec<InMemDicomObject> {
+        object
+            .element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.items().map(|i| i.to_vec()))
+            .unwrap_or_default()
+    };
+    let shared = groups(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+    let per_frame = groups(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    if per_frame.len() != frames as usize {
+        return Err(invalid(
+            file,
+            format!(
+                "{frames} frames but {} per-frame functional groups",
+                per_frame.len()
+            ),
+        ));
+    }
+    let find = |frame: &InMemDicomObject, sequence, tag, name: &str| {
+        let nested = |item: &InMemDicomObject| {
+            item.element_opt(sequence)
+                .ok()
+                .flatten()
+                .and_then(|e| e.items().and_then(|i| i.first().cloned()))
+                .filter(|inner| inner.element_opt(tag).is_ok_and(|e| e.is_some()))
+        };
+        nested(frame)
+            .or_else(|| shared.first().and_then(nested))
+            .ok_or_else(|| invalid(file, format!("no {name} in the functional groups")))
+    };
+    let mut headers = Vec::with_capacity(frames as usize);
+    for (n, frame) in per_frame.iter().enumerate() {
+        let mut header = template.clone();
+        header.frame = n as u32;
+        let spacing = find(
+            frame,
+            tags::PIXEL_MEASURES_SEQUENCE,
+            tags::PIXEL_SPACING,
+            "PixelSpacing",
+        )?;
+        header.pixel_spacing = numbers(file, &spacing, tags::PIXEL_SPACING, "PixelSpacing")?;
+        let tag = tags::IMAGE_ORIENTATION_PATIENT;
+        let orientation = find(
+            frame,
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            tag,
+            "ImageOrientationPatient",
+        )?;
+        header.orientation = numbers(file, &orientation, tag, "ImageOrientationPatient")?;
+        let tag = tags::IMAGE_POSITION_PATIENT;
+        let position = find(
+            frame,
+            tags::PLANE_POSITION_SEQUENCE,
+            tag,
+            "ImagePositionPatient",
+        )?;
+        header.position = numbers(file, &position, tag, "ImagePositionPatient")?;
+        let tag = tags::RESCALE_SLOPE;
+        if let Ok(transform) = find(
+            frame,
+            tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+            tag,
+            "RescaleSlope",
+        ) {
+            let [slope]: [f64; 1] = numbers(file, &transform, tags::RESCALE_SLOPE, "RescaleSlope")?;
+            let [intercept]: [f64; 1] = numbers(
+                file,
+                &transform,
+                tags::RESCALE_INTERCEPT,
+                "RescaleIntercept",
+            )?;
+            header.rescale = Some([slope, intercept]);
+        }
+        headers.push(header);
+    }
+    Ok(headers)
+}
+
+/// `N` finite numbers of a DS attribute of `object` (in `file`).
+fn numbers<const N: usize>(
+    file: &Path,
+    object: &InMemDicomObject,
+    tag: dicom_core::Tag,
+    name: &str,
+) -> Result<[f64; N]> {
+    let values = object
+        .element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_multi_float64().ok())
+        .ok_or_else(|| invalid(file, format!("no {name}")))?;
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(invalid(file, format!("{name} {values:?} is not finite")));
+    }
+    values
+        .try_into()
+        .map_err(|v: Vec<f64>| invalid(file, format!("{name} {v:?} is not {N} numbers")))
 }
 
 /// A string attribute, trimmed; empty when absent.

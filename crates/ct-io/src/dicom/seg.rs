@@ -282,6 +282,34 @@ pub fn write_seg(
         .iter()
         .map(|&k| {
             let slice = &source.slices[k];
+            let mut reference = vec![
+                text(
+                    tags::REFERENCED_SOP_CLASS_UID,
+                    VR::UI,
+                    &source.sop_class_uid,
+                ),
+                text(
+                    tags::REFERENCED_SOP_INSTANCE_UID,
+                    VR::UI,
+                    &slice.sop_instance_uid,
+                ),
+            ];
+            if let Some(frame) = slice.frame_number {
+                reference.push(text(
+                    tags::REFERENCED_FRAME_NUMBER,
+                    VR::IS,
+                    &frame.to_string(),
+                ));
+            }
+            reference.push(text(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES"));
+            reference.push(code(
+                tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+                (
+                    "121322",
+                    "DCM",
+                    "Source image for image processing operation",
+                ),
+            ));
             item(vec![
                 sequence(
                     tags::DERIVATION_IMAGE_SEQUENCE,
@@ -290,30 +318,7 @@ pub fn write_seg(
                             tags::DERIVATION_CODE_SEQUENCE,
                             ("113076", "DCM", "Segmentation"),
                         ),
-                        sequence(
-                            tags::SOURCE_IMAGE_SEQUENCE,
-                            vec![item(vec![
-                                text(
-                                    tags::REFERENCED_SOP_CLASS_UID,
-                                    VR::UI,
-                                    &source.sop_class_uid,
-                                ),
-                                text(
-                                    tags::REFERENCED_SOP_INSTANCE_UID,
-                                    VR::UI,
-                                    &slice.sop_instance_uid,
-                                ),
-                                text(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES"),
-                                code(
-                                    tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
-                                    (
-                                        "121322",
-                                        "DCM",
-                                        "Source image for image processing operation",
-                                    ),
-                                ),
-                            ])],
-                        ),
+                        sequence(tags::SOURCE_IMAGE_SEQUENCE, vec![item(reference)]),
                     ])],
                 ),
                 sequence(
@@ -357,9 +362,8 @@ pub fn write_seg(
             ),
             sequence(
                 tags::REFERENCED_INSTANCE_SEQUENCE,
-                source
-                    .slices
-                    .iter()
+                unique_instances(source)
+                    .into_iter()
                     .map(|s| {
                         item(vec![
                             text(
@@ -392,6 +396,16 @@ pub fn write_seg(
             .write_all(file)
             .map_err(|e| std::io::Error::other(e.to_string()))
     })
+}
+
+/// The source's SOP instances, each once (an enhanced object holds many slices).
+fn unique_instances(source: &SeriesInfo) -> Vec<&super::SliceInfo> {
+    let mut seen = std::collections::BTreeSet::new();
+    source
+        .slices
+        .iter()
+        .filter(|s| seen.insert(s.sop_instance_uid.as_str()))
+        .collect()
 }
 
 /// Frames `frames` of `mask`, row-major each, 1 bit per pixel, the first pixel in the lowest bit,

@@ -55,6 +55,7 @@ impl SortedSeries {
                 .iter()
                 .map(|f| SliceInfo {
                     sop_instance_uid: f.sop_instance_uid.clone(),
+                    frame_number: (f.frames > 1).then_some(f.frame + 1),
                     file: f.file.clone(),
                     position: f.position,
                 })
@@ -80,13 +81,6 @@ fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
 pub(super) fn sort_and_check(part: &Part) -> Result<SortedSeries> {
     let first = &part.files[0];
     let folder = first.file.parent().unwrap_or(&first.file).to_path_buf();
-    if first.frames > 1 {
-        return Err(invalid(
-            &first.file,
-            "an enhanced (multi-frame) CT object: not supported yet; export the series as one \
-             file per slice",
-        ));
-    }
     if part.files.len() < 2 {
         return Err(invalid(&first.file, "a single slice, not a volume"));
     }
@@ -110,8 +104,8 @@ pub(super) fn sort_and_check(part: &Part) -> Result<SortedSeries> {
                 format!(
                     "two different slices at one position ({:.3} mm along the normal): {} and {}",
                     d[0],
-                    pair[0].file.display(),
-                    pair[1].file.display()
+                    pair[0].place(),
+                    pair[1].place()
                 ),
             ));
         }
@@ -127,8 +121,8 @@ pub(super) fn sort_and_check(part: &Part) -> Result<SortedSeries> {
                     "slices are not evenly spaced: {:.3} mm between {} and {}, {:.3} mm on \
                      average (a missing slice?)",
                     gap,
-                    files[k].file.display(),
-                    files[k + 1].file.display(),
+                    files[k].place(),
+                    files[k + 1].place(),
                     step
                 ),
             ));
