@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ct_io::cli::ConfigArgs;
 use seg_eval::evaluate::{Summary, evaluate_folders, write_results};
-use seg_eval::predict::{PredictOptions, Predictor, plan, run_job};
+use seg_eval::predict::{PredictOptions, Predictor, plan_series, run_job};
 use seg_eval::stage::{self, Stage};
 use seg_model::parse_device;
 
@@ -55,6 +55,10 @@ struct PredictArgs {
     /// A DICOM SEG output gets a frame for every source slice, not only those with tumour.
     #[arg(long)]
     all_frames: bool,
+    /// The DICOM series to predict (its SeriesInstanceUID, or the id ct-info lists), when the
+    /// input holds several.
+    #[arg(long, value_name = "ID")]
+    series: Option<String>,
     /// Also write float32 probability maps.
     #[arg(long)]
     save_probabilities: bool,
@@ -145,7 +149,7 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
         options.threshold > 0.0 && options.threshold < 1.0,
         "--threshold must be in (0, 1)"
     );
-    let mut jobs = plan(&input, &output, a.save_probabilities)?;
+    let mut jobs = plan_series(&input, &output, a.save_probabilities, a.series.as_deref())?;
     for job in &mut jobs {
         job.all_frames = a.all_frames;
     }

@@ -296,6 +296,17 @@ pub struct Job {
 /// in the output folder (or `output` itself when it names a file and there is one series). A
 /// file (NIfTI, or DICOM for its series): `output` is the mask's path unless it is a folder.
 pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<Vec<Job>> {
+    plan_series(input, output, probabilities, None)
+}
+
+/// [`plan`] for the DICOM series `series` only (its SeriesInstanceUID, or the id `ct-info`
+/// lists for a part of a split series).
+pub fn plan_series(
+    input: &Path,
+    output: &Path,
+    probabilities: bool,
+    series: Option<&str>,
+) -> anyhow::Result<Vec<Job>> {
     let names_a_file = |p: &Path| ct_io::task::strip_nifti_extension(p).is_some() || is_seg(p);
     let probabilities_of = |mask: &Path| {
         probabilities.then(|| {
@@ -309,8 +320,33 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
     };
     if input.is_dir() {
         let files = ct_io::task::nifti_files(input)?;
+        ensure!(
+            files.is_empty() || series.is_none(),
+            "{}: --series is for DICOM input, and this folder holds NIfTI files",
+            input.display()
+        );
         if files.is_empty() {
-            let series = dicom_series(input)?;
+            let found = dicom_series(input)?;
+            let series = match series {
+                None => found,
+                Some(wanted) => {
+                    ensure!(
+                        found.iter().any(|id| id == wanted),
+                        "{}: no CT series {wanted} here; found: {}",
+                        input.display(),
+                        found.join(", ")
+                    );
+                    vec![wanted.to_string()]
+                }
+            };
+            ensure!(
+                series.len() == 1 || !names_a_file(output),
+                "{}: {} CT series here, so the output must be a folder (or choose one with \
+                 --series): {}",
+                input.display(),
+                series.len(),
+                series.join(", ")
+            );
             if let ([one], true) = (series.as_slice(), names_a_file(output)) {
                 return Ok(vec![Job {
                     input: input.to_path_buf(),
@@ -362,10 +398,15 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
         bail!("{}: no such file or folder", input.display());
     }
     let dicom = ct_io::dicom::is_dicom_file(input);
-    let name = if dicom {
-        format!("{}.nii.gz", ct_io::dicom::series_of(input)?).into()
-    } else {
-        input.file_name().expect("a file").to_owned()
+    ensure!(
+        dicom || series.is_none(),
+        "{}: --series is for DICOM input, and this is NIfTI",
+        input.display()
+    );
+    let name = match (dicom, series) {
+        (true, Some(id)) => format!("{id}.nii.gz").into(),
+        (true, None) => format!("{}.nii.gz", ct_io::dicom::series_of(input)?).into(),
+        (false, _) => input.file_name().expect("a file").to_owned(),
     };
     let mask = if output.is_dir() || !names_a_file(output) {
         output.join(&name)
@@ -374,7 +415,7 @@ pub fn plan(input: &Path, output: &Path, probabilities: bool) -> anyhow::Result<
     };
     Ok(vec![Job {
         input: input.to_path_buf(),
-        series: None,
+        series: series.map(str::to_string),
         probabilities: probabilities_of(&mask),
         output: mask,
         lungs: None,

@@ -450,6 +450,21 @@ fn a_dicom_folder_of_two_series_gives_one_mask_per_series_in_its_geometry() {
         let mask = read_volume(&job.output).unwrap();
         assert_eq!(mask.geometry, ct.geometry);
     }
+    // One output file for two series is refused; --series picks one.
+    let single = dir.path().join("one.nii.gz");
+    let err = plan(&export, &single, false).unwrap_err().to_string();
+    assert!(
+        err.contains("2 CT series here, so the output must be a folder"),
+        "{err}"
+    );
+    let jobs = seg_eval::predict::plan_series(&export, &single, false, Some(uids[1])).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].output, single);
+    run_job(&predictor, &jobs[0]).unwrap();
+    let err = seg_eval::predict::plan_series(&export, &single, false, Some("1.2.3"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no CT series 1.2.3 here"), "{err}");
     // One file stands for its series.
     let file = std::fs::read_dir(export.join("study1"))
         .unwrap()
