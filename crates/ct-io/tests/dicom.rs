@@ -305,37 +305,40 @@ fn dcm2niix_reads_the_same_voxels_and_world_geometry() {
             ..Writing::new(&format!("1.2.826.0.1.3680043.10.99.{}", 400 + n))
         };
         write_series(&folder, &p.ct, &p.geometry.affine, &how).unwrap();
-        let out = dir.path().join(format!("dcm2niix{n}"));
-        std::fs::create_dir_all(&out).unwrap();
-        let run = std::process::Command::new("dcm2niix")
-            .args(["-z", "n", "-b", "n", "-f", "converted", "-o"])
-            .arg(&out)
-            .arg(&folder)
-            .output()
-            .expect("dcm2niix is installed");
-        assert!(
-            run.status.success(),
-            "{what}: {}",
-            String::from_utf8_lossy(&run.stdout)
-        );
-        let theirs = ct_io::read_volume(&out.join("converted.nii")).unwrap();
-        let ours = read_ct(&folder, None).unwrap().volume;
-        let (a, b) = (
-            Reorientation::to_canonical(&theirs.geometry),
-            Reorientation::to_canonical(&ours.geometry),
-        );
-        let offset = a
-            .canonical_geometry(&theirs.geometry)
-            .affine_difference(&b.canonical_geometry(&ours.geometry));
-        assert!(
-            offset < 1e-3,
-            "{what}: world geometry differs by {offset} mm"
-        );
-        assert!(
-            a.apply(theirs.data.view()) == b.apply(ours.data.view()),
-            "{what}: voxels differ"
-        );
+        assert_dcm2niix_agrees(&what, &folder, &read_ct(&folder, None).unwrap().volume);
     }
+}
+
+/// dcm2niix converts `folder` to the same voxels and world geometry as `ours`.
+fn assert_dcm2niix_agrees(what: &str, folder: &Path, ours: &ct_io::Volume) {
+    let out = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new("dcm2niix")
+        .args(["-z", "n", "-b", "n", "-f", "converted", "-o"])
+        .arg(out.path())
+        .arg(folder)
+        .output()
+        .expect("dcm2niix is installed");
+    assert!(
+        run.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let theirs = ct_io::read_volume(&out.path().join("converted.nii")).unwrap();
+    let (a, b) = (
+        Reorientation::to_canonical(&theirs.geometry),
+        Reorientation::to_canonical(&ours.geometry),
+    );
+    let offset = a
+        .canonical_geometry(&theirs.geometry)
+        .affine_difference(&b.canonical_geometry(&ours.geometry));
+    assert!(
+        offset < 1e-3,
+        "{what}: world geometry differs by {offset} mm"
+    );
+    assert!(
+        a.apply(theirs.data.view()) == b.apply(ours.data.view()),
+        "{what}: voxels differ"
+    );
 }
 
 #[test]
@@ -467,31 +470,7 @@ fn pydicoms_real_world_series_read_refuse_and_agree_with_dcm2niix() {
     let five = root.join("98892001/CT5N");
     let ct = read_ct(&five, None).unwrap();
     assert_eq!(ct.volume.geometry.shape, [16, 16, 5]);
-    let dir = tempfile::tempdir().unwrap();
-    let run = std::process::Command::new("dcm2niix")
-        .args(["-z", "n", "-b", "n", "-f", "converted", "-o"])
-        .arg(dir.path())
-        .arg(&five)
-        .output()
-        .expect("dcm2niix is installed");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stdout)
-    );
-    let theirs = ct_io::read_volume(&dir.path().join("converted.nii")).unwrap();
-    let (a, b) = (
-        Reorientation::to_canonical(&theirs.geometry),
-        Reorientation::to_canonical(&ct.volume.geometry),
-    );
-    let offset = a
-        .canonical_geometry(&theirs.geometry)
-        .affine_difference(&b.canonical_geometry(&ct.volume.geometry));
-    assert!(offset < 1e-3, "world geometry differs by {offset} mm");
-    assert!(
-        a.apply(theirs.data.view()) == b.apply(ct.volume.data.view()),
-        "voxels differ"
-    );
+    assert_dcm2niix_agrees("CT5N", &five, &ct.volume);
     // Two scouts only, and a series with a gap.
     let err = read_ct(&root.join("98892001/CT2N"), None)
         .unwrap_err()
@@ -535,4 +514,17 @@ fn an_enhanced_multi_frame_ct_reads_back_to_the_phantom() {
             );
         }
     }
+}
+
+#[test]
+#[ignore = "needs dcm2niix (Debian's package; .ci/run installs it) (cargo test -- --ignored)"]
+fn dcm2niix_reads_our_enhanced_ct_as_we_do() {
+    use ct_phantom::dicom::write_enhanced;
+    let dir = tempfile::tempdir().unwrap();
+    let p = phantom("LAS");
+    let file = dir.path().join("enhanced/ct.dcm");
+    let how = Writing::new("1.2.826.0.1.3680043.10.99.960");
+    write_enhanced(&file, &p.ct, &p.geometry.affine, &how).unwrap();
+    let folder = file.parent().unwrap();
+    assert_dcm2niix_agrees("enhanced", folder, &read_ct(folder, None).unwrap().volume);
 }

@@ -159,11 +159,28 @@ pub fn write_enhanced(
     ));
     let mut per_frame = Vec::new();
     let mut words: Vec<u16> = Vec::new();
-    for (_, slice) in slices.iter().rev() {
-        per_frame.push(InMemDicomObject::from_element_iter([sequence(
-            tags::PLANE_POSITION_SEQUENCE,
-            vec![copied(slice, &[tags::IMAGE_POSITION_PATIENT])],
-        )]));
+    for (k, (_, slice)) in slices.iter().enumerate().rev() {
+        let place = (k + 1) as u32;
+        let content = InMemDicomObject::from_element_iter([
+            element(tags::STACK_ID, VR::SH, "1"),
+            DataElement::new(
+                tags::IN_STACK_POSITION_NUMBER,
+                VR::UL,
+                PrimitiveValue::from(place),
+            ),
+            DataElement::new(
+                tags::DIMENSION_INDEX_VALUES,
+                VR::UL,
+                PrimitiveValue::U32([1, place].into()),
+            ),
+        ]);
+        per_frame.push(InMemDicomObject::from_element_iter([
+            sequence(tags::FRAME_CONTENT_SEQUENCE, vec![content]),
+            sequence(
+                tags::PLANE_POSITION_SEQUENCE,
+                vec![copied(slice, &[tags::IMAGE_POSITION_PATIENT])],
+            ),
+        ]));
         let pixels = slice
             .element(tags::PIXEL_DATA)
             .map_err(|e| Error::invalid(path, e.to_string()))?
@@ -178,6 +195,42 @@ pub fn write_enhanced(
     enhanced.put(sequence(
         tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
         per_frame,
+    ));
+    // The dimensions the frames are indexed by: the stack, and the place in it.
+    let organization = format!("{}.2", how.series_uid);
+    let dimension = |pointer| {
+        InMemDicomObject::from_element_iter([
+            element(
+                tags::DIMENSION_ORGANIZATION_UID,
+                VR::UI,
+                organization.as_str(),
+            ),
+            DataElement::new(
+                tags::DIMENSION_INDEX_POINTER,
+                VR::AT,
+                PrimitiveValue::from(pointer),
+            ),
+            DataElement::new(
+                tags::FUNCTIONAL_GROUP_POINTER,
+                VR::AT,
+                PrimitiveValue::from(tags::FRAME_CONTENT_SEQUENCE),
+            ),
+        ])
+    };
+    enhanced.put(sequence(
+        tags::DIMENSION_ORGANIZATION_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([element(
+            tags::DIMENSION_ORGANIZATION_UID,
+            VR::UI,
+            organization.as_str(),
+        )])],
+    ));
+    enhanced.put(sequence(
+        tags::DIMENSION_INDEX_SEQUENCE,
+        vec![
+            dimension(tags::STACK_ID),
+            dimension(tags::IN_STACK_POSITION_NUMBER),
+        ],
     ));
     enhanced.put(element(
         tags::PIXEL_DATA,

@@ -46,6 +46,11 @@ fn item(elements: Vec<DataElement<Object>>) -> Object {
     InMemDicomObject::from_element_iter(elements)
 }
 
+/// A sequence of one item holding one element (a functional group's macro, say).
+fn nest(tag: Tag, element: DataElement<Object>) -> DataElement<Object> {
+    sequence(tag, vec![item(vec![element])])
+}
+
 /// A coded concept: (value, scheme, meaning).
 fn code(tag: Tag, (value, scheme, meaning): (&str, &str, &str)) -> DataElement<Object> {
     sequence(
@@ -219,13 +224,9 @@ pub fn write_seg(
     ));
     // Dimensions: the segment, then the plane's position.
     let dimensions = new_uid(source, 3);
-    put(sequence(
+    put(nest(
         tags::DIMENSION_ORGANIZATION_SEQUENCE,
-        vec![item(vec![text(
-            tags::DIMENSION_ORGANIZATION_UID,
-            VR::UI,
-            &dimensions,
-        )])],
+        text(tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dimensions),
     ));
     let index = |pointer: Tag, group: Tag| {
         item(vec![
@@ -256,13 +257,13 @@ pub fn write_seg(
     put(sequence(
         tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
         vec![item(vec![
-            sequence(
+            nest(
                 tags::PLANE_ORIENTATION_SEQUENCE,
-                vec![item(vec![text(
+                text(
                     tags::IMAGE_ORIENTATION_PATIENT,
                     VR::DS,
                     &decimals(&source.orientation),
-                )])],
+                ),
             ),
             sequence(
                 tags::PIXEL_MEASURES_SEQUENCE,
@@ -321,29 +322,29 @@ pub fn write_seg(
                         sequence(tags::SOURCE_IMAGE_SEQUENCE, vec![item(reference)]),
                     ])],
                 ),
-                sequence(
+                nest(
                     tags::FRAME_CONTENT_SEQUENCE,
-                    vec![item(vec![DataElement::new(
+                    DataElement::new(
                         tags::DIMENSION_INDEX_VALUES,
                         VR::UL,
                         PrimitiveValue::U32([1, k as u32 + 1].into()),
-                    )])],
+                    ),
                 ),
-                sequence(
+                nest(
                     tags::PLANE_POSITION_SEQUENCE,
-                    vec![item(vec![text(
+                    text(
                         tags::IMAGE_POSITION_PATIENT,
                         VR::DS,
                         &decimals(&slice.position),
-                    )])],
+                    ),
                 ),
-                sequence(
+                nest(
                     tags::SEGMENT_IDENTIFICATION_SEQUENCE,
-                    vec![item(vec![DataElement::new(
+                    DataElement::new(
                         tags::REFERENCED_SEGMENT_NUMBER,
                         VR::US,
                         PrimitiveValue::from(1u16),
-                    )])],
+                    ),
                 ),
             ])
         })
