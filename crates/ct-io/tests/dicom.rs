@@ -445,6 +445,23 @@ fn series_compressed_by_gdcm_read_back_to_the_phantom() {
             let ct = read_ct(&folder, None).unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_same_ct(&what, &p, &ct.volume);
         }
+        // JPEG-LS has no decoder here (CharLS is a C++ library): refused, naming the file.
+        let folder = dir.path().join(format!("jpegls_{signed}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let out = folder.join("slice.dcm");
+        let run = std::process::Command::new("gdcmconv")
+            .arg("--jpegls")
+            .arg(&files[0])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(run.status.success());
+        std::fs::copy(&files[1], folder.join("next.dcm")).unwrap();
+        let err = read_ct(&folder, None).unwrap_err().to_string();
+        assert!(
+            err.contains(&out.display().to_string()) && err.contains("1.2.840.10008.1.2.4.80"),
+            "{err}"
+        );
     }
 }
 
@@ -471,6 +488,11 @@ fn pydicoms_real_world_series_read_refuse_and_agree_with_dcm2niix() {
     let ct = read_ct(&five, None).unwrap();
     assert_eq!(ct.volume.geometry.shape, [16, 16, 5]);
     assert_dcm2niix_agrees("CT5N", &five, &ct.volume);
+    // The whole folder: its DICOMDIRs and README skipped and counted, several series listed.
+    let found = scan(std::slice::from_ref(&root)).unwrap();
+    assert!(found.skipped_files >= 3, "{} skipped", found.skipped_files);
+    let err = read_ct(&root, None).unwrap_err().to_string();
+    assert!(err.contains("choose one with --series"), "{err}");
     // Two scouts only, and a series with a gap.
     let err = read_ct(&root.join("98892001/CT2N"), None)
         .unwrap_err()

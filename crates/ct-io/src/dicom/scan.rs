@@ -36,6 +36,8 @@ pub(super) struct FileHeader {
     /// RescaleSlope and RescaleIntercept from an enhanced object's functional groups (a
     /// single-frame image keeps them at the top level, read when decoding).
     pub rescale: Option<[f64; 2]>,
+    /// Why the image has no place in the patient (a missing position, orientation or spacing).
+    pub unplaced: Option<String>,
     pub frame_of_reference_uid: String,
     pub description: String,
     /// Patient and study attributes, copied into derived objects.
@@ -71,7 +73,10 @@ impl Part {
 
     fn is_volumetric_ct(&self) -> bool {
         let first = &self.files[0];
-        first.modality.trim() == "CT" && !self.is_localizer() && self.files.len() > 1
+        first.modality.trim() == "CT"
+            && !self.is_localizer()
+            && self.files.len() > 1
+            && self.files.iter().all(|f| f.unplaced.is_none())
     }
 
     fn summary(&self) -> SeriesSummary {
@@ -315,11 +320,20 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// The headers of an image file, one per frame (an enhanced CT object holds a whole series);
 /// none for a DICOM file that holds no image (a DICOMDIR, a report).
 pub(super) fn read_header(file: &Path) -> Result<Vec<FileHeader>> {
-    let object = OpenFileOptions::new()
+    let object = match OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(file)
-        .map_err(|e| invalid(file, format!("corrupt DICOM file ({e})")))?;
-    if object.meta().media_storage_sop_class_uid() == DICOMDIR_CLASS
+    {
+        Ok(object) => object,
+        // A broken DICOMDIR is an index gone bad, not a broken image: skipped like a sound one.
+        Err(_) if storage_class(file).as_deref() == Some(DICOMDIR_CLASS) => return Ok(Vec::new()),
+        Err(e) => return Err(invalid(file, format!("corrupt DICOM file ({e})"))),
+    };
+    if object
+        .meta()
+        .media_storage_sop_class_uid()
+        .trim_end_matches('\0')
+        == DICOMDIR_CLASS
         || !object.element_opt(tags::ROWS).is_ok_and(|e| e.is_some())
     {
         return Ok(Vec::new());
@@ -359,6 +373,7 @@ pub(super) fn read_header(file: &Path) -> Result<Vec<FileHeader>> {
         orientation: [0.0; 6],
         position: [0.0; 3],
         rescale: None,
+        unplaced: None,
         frame_of_reference_uid: text(tags::FRAME_OF_REFERENCE_UID),
         description: text(tags::SERIES_DESCRIPTION),
         patient: [
@@ -382,20 +397,28 @@ pub(super) fn read_header(file: &Path) -> Result<Vec<FileHeader>> {
         return Err(invalid(file, "no SOPInstanceUID or SeriesInstanceUID"));
     }
     if frames <= 1 {
+        // An image without a place in the patient (a radiograph, a secondary capture) is listed
+        // but never read as a volume.
         let mut header = template;
-        header.pixel_spacing = numbers(file, &object, tags::PIXEL_SPACING, "PixelSpacing")?;
-        header.orientation = numbers(
-            file,
-            &object,
-            tags::IMAGE_ORIENTATION_PATIENT,
-            "ImageOrientationPatient",
-        )?;
-        header.position = numbers(
-            file,
-            &object,
-            tags::IMAGE_POSITION_PATIENT,
-            "ImagePositionPatient",
-        )?;
+        let mut place = || -> Result<()> {
+            header.pixel_spacing = numbers(file, &object, tags::PIXEL_SPACING, "PixelSpacing")?;
+            header.orientation = numbers(
+                file,
+                &object,
+                tags::IMAGE_ORIENTATION_PATIENT,
+                "ImageOrientationPatient",
+            )?;
+            header.position = numbers(
+                file,
+                &object,
+                tags::IMAGE_POSITION_PATIENT,
+                "ImagePositionPatient",
+            )?;
+            Ok(())
+        };
+        if let Err(crate::Error::Invalid { reason, .. }) = place() {
+            header.unplaced = Some(reason);
+        }
         return Ok(vec![header]);
     }
     // An enhanced object: each frame's attributes in its functional groups, per frame or shared.
@@ -476,6 +499,19 @@ pub(super) fn read_header(file: &Path) -> Result<Vec<FileHeader>> {
         headers.push(header);
     }
     Ok(headers)
+}
+
+/// The MediaStorageSOPClassUID of a DICOM file, from its meta group alone.
+fn storage_class(file: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut reader = std::io::BufReader::new(std::fs::File::open(file).ok()?);
+    reader.seek(SeekFrom::Start(128)).ok()?;
+    let meta = dicom_object::meta::FileMetaTable::from_reader(reader.by_ref()).ok()?;
+    Some(
+        meta.media_storage_sop_class_uid()
+            .trim_end_matches('\0')
+            .to_string(),
+    )
 }
 
 /// `N` finite numbers of a DS attribute of `object` (in `file`).

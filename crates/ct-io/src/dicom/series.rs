@@ -81,6 +81,16 @@ fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
 pub(super) fn sort_and_check(part: &Part) -> Result<SortedSeries> {
     let first = &part.files[0];
     let folder = first.file.parent().unwrap_or(&first.file).to_path_buf();
+    if let Some((f, reason)) = part
+        .files
+        .iter()
+        .find_map(|f| f.unplaced.as_ref().map(|r| (f, r)))
+    {
+        return Err(invalid(
+            &f.file,
+            format!("{reason}: no place in the patient"),
+        ));
+    }
     if part.files.len() < 2 {
         return Err(invalid(&first.file, "a single slice, not a volume"));
     }
