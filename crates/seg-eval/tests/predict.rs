@@ -665,6 +665,60 @@ fn check_seg(case: &SegCase) {
 }
 
 #[test]
+fn a_tumour_free_ct_gets_a_seg_with_one_empty_frame() {
+    use ct_phantom::dicom::{Writing, write_series};
+    use dicom_dictionary_std::tags;
+    let dir = tempfile::tempdir().unwrap();
+    let preprocess = PreprocessConfig {
+        size: 32,
+        crop_slices: 0,
+        ..PreprocessConfig::default()
+    };
+    // The pass-through network finds nothing in uniform air.
+    let checkpoint = pass_through_checkpoint(dir.path(), &preprocess, 20.0, -10.0);
+    let shape = [32, 32, 6];
+    let ct = ndarray::Array3::from_elem(shape, -1000i16);
+    let affine =
+        ct_io::geometry::affine_for_orientation("LPS", shape, [1.0, 1.0, 2.0], [0.0; 3]).unwrap();
+    let series = dir.path().join("series");
+    write_series(
+        &series,
+        &ct,
+        &affine,
+        &Writing::new("1.2.826.0.1.3680043.10.99.850"),
+    )
+    .unwrap();
+    let seg = dir.path().join("empty.dcm");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_seg-eval"))
+        .args(["predict", "--no-lung-constraint", "--checkpoint"])
+        .arg(&checkpoint)
+        .arg("--input")
+        .arg(&series)
+        .arg("--output")
+        .arg(&seg)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let object = dicom_object::open_file(&seg).unwrap();
+    let frames = object
+        .element(tags::NUMBER_OF_FRAMES)
+        .unwrap()
+        .to_int::<u32>()
+        .unwrap();
+    assert_eq!(frames, 1);
+    let bits = object
+        .element(tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    assert!(bits.iter().all(|b| *b == 0));
+}
+
+#[test]
 fn a_dicom_seg_is_refused_for_a_nifti_input() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = checkpoint(dir.path(), 3);

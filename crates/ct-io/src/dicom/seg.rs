@@ -112,11 +112,15 @@ pub fn write_seg(
             ),
         ));
     }
-    let frames: Vec<usize> = (0..slices)
+    let mut frames: Vec<usize> = (0..slices)
         .filter(|&k| {
             options.all_frames || mask.index_axis(ndarray::Axis(2), k).iter().any(|v| *v != 0)
         })
         .collect();
+    if frames.is_empty() {
+        // No tumour: a SEG still needs a frame, so it says so over the first slice.
+        frames.push(0);
+    }
     let series_uid = new_uid(source, 1);
     let instance_uid = new_uid(source, 2);
     let (date, time) = now();
