@@ -32,14 +32,15 @@ use ndarray::{Array2, Array3, ArrayView3, Axis, ShapeBuilder};
 use ndarray_npy::WriteNpyExt;
 use rayon::prelude::*;
 
-use lungs::lung_mask;
+use lungs::{LungMask, lung_mask};
 use manifest::{
     CASE_FILE, CASES_DIR, CaseInfo, CaseRecord, FailedCase, FileStamp, LUNG_MASK_FILE, LungSummary,
     MANIFEST_FILE, Manifest, ManifestCase, ManifestSlice, PREPROCESSED_DIR, SliceFiles,
     SliceSettings,
 };
+use mask::bounding_box;
 use settings::{CropMode, Normalisation, PreprocessConfig};
-use slices::{decide_crop, nearest_axial_slice, network_input};
+use slices::{PlaneBox, decide_crop, decide_plane_box, nearest_axial_slice, network_input};
 use split::SplitRecord;
 
 /// What a run did.
@@ -303,6 +304,7 @@ fn process_case(
         size: settings.size,
         normalisation: slice_settings.normalisation,
         mask: reorientation.canonical_view(label.data.view()),
+        plane_box: PlaneBox::whole([width, height]),
     };
     let warn_crop = |crop: &slices::Crop| {
         if let Some(reason) = &crop.reason {
@@ -313,7 +315,7 @@ fn process_case(
             );
         }
     };
-    let (image_geometry, crop, lungs, mut slices) =
+    let (image_geometry, crop, plane_box, lungs, mut slices) =
         if settings.crop == CropMode::Inferior && reorientation.permutation[2] == 2 {
             let crop = decide_crop(
                 settings,
@@ -330,7 +332,7 @@ fn process_case(
                 crop.kept(depth),
                 &writer,
             )?;
-            (geometry, crop, None, slices)
+            (geometry, crop, writer.plane_box, None, slices)
         } else {
             // The lungs need the whole CT; so does a file whose slowest axis is not axial (e.g.
             // sagittal slices), whose axial slices are spread through the whole file.
@@ -352,6 +354,20 @@ fn process_case(
                 lungs.as_ref().and_then(|l| l.axial_extent),
             );
             warn_crop(&crop);
+            let plane_box = decide_plane_box(
+                settings,
+                [width, height],
+                [canonical_geometry.spacing[0], canonical_geometry.spacing[1]],
+                lungs.as_ref().and_then(LungMask::plane_extent),
+                bounding_box(writer.mask).map(|(corner, extent)| PlaneBox {
+                    x: [corner[0], corner[0] + extent[0]],
+                    y: [corner[1], corner[1] + extent[1]],
+                }),
+            );
+            let writer = SliceWriter {
+                plane_box,
+                ..writer
+            };
             let [first, end] = crop.kept(depth);
             let slices = (first..end)
                 .into_par_iter()
@@ -369,7 +385,7 @@ fn process_case(
                 }
                 None => None,
             };
-            (image.geometry, crop, summary, slices)
+            (image.geometry, crop, plane_box, summary, slices)
         };
     check_label_matches(&image_geometry, &label.geometry, label_path)?;
     slices.sort_by_key(|s| s.slice);
@@ -389,9 +405,10 @@ fn process_case(
             crop,
             lungs,
             resize_factors: [
-                settings.size as f64 / height as f64,
-                settings.size as f64 / width as f64,
+                settings.size as f64 / plane_box.extent()[1] as f64,
+                settings.size as f64 / plane_box.extent()[0] as f64,
             ],
+            plane_box,
             normalisation: slice_settings.normalisation,
             tumour_voxels: tumour_per_slice.iter().sum::<usize>() as u64,
         },
@@ -465,6 +482,8 @@ struct SliceWriter<'a> {
     normalisation: Normalisation,
     /// The label in canonical order.
     mask: ArrayView3<'a, u8>,
+    /// The part of each slice that is resized.
+    plane_box: PlaneBox,
 }
 
 impl SliceWriter<'_> {
@@ -476,8 +495,13 @@ impl SliceWriter<'_> {
         k_in_view: usize,
     ) -> anyhow::Result<SliceFiles> {
         let size = self.size;
-        let resized = network_input(canonical_ct, k_in_view, size, self.normalisation);
-        let resized_mask = nearest_axial_slice(self.mask, k, size);
+        let resized = network_input(
+            self.plane_box.of(canonical_ct),
+            k_in_view,
+            size,
+            self.normalisation,
+        );
+        let resized_mask = nearest_axial_slice(self.plane_box.of(self.mask), k, size);
         let tumour_voxels = resized_mask.iter().filter(|v| **v > 0).count() as u32;
         let image_name = format!("image_{k:04}.npy");
         let mask_name = format!("mask_{k:04}.npy");

@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::lungs::LungMask;
 use crate::settings::{CropMode, Normalisation, PreprocessConfig};
-use crate::slices::Crop;
+use crate::slices::{Crop, PlaneBox};
 use crate::split::{Split, SplitRecord};
 
 /// Bumped whenever the slices written for the same input and settings would change.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Folder below `work_dir` that holds the dataset.
 pub const PREPROCESSED_DIR: &str = "preprocessed";
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -56,6 +56,7 @@ pub struct SliceSettings {
     pub normalisation: Normalisation,
     pub crop: CropMode,
     pub lung_margin_mm: f64,
+    pub in_plane_crop: bool,
     pub crop_slices: usize,
     pub crop_mm: Option<f64>,
     pub max_crop_fraction: f64,
@@ -69,6 +70,7 @@ impl SliceSettings {
             normalisation: Normalisation::from_config(config),
             crop: config.crop,
             lung_margin_mm: config.lung_margin_mm,
+            in_plane_crop: config.in_plane_crop,
             crop_slices: config.crop_slices,
             crop_mm: config.crop_mm,
             max_crop_fraction: config.max_crop_fraction,
@@ -94,7 +96,9 @@ pub struct CaseInfo {
     pub lungs: Option<LungSummary>,
     /// Canonical axial slices kept, `[start, end)`.
     pub kept_slices: [usize; 2],
-    /// Output size / input size, for `[rows (canonical y), columns (canonical x)]`.
+    /// The part of each kept slice that was resized (the whole slice without `in_plane_crop`).
+    pub plane_box: PlaneBox,
+    /// Output size / input size (of the box), for `[rows (canonical y), columns (canonical x)]`.
     pub resize_factors: [f64; 2],
     pub normalisation: Normalisation,
     /// Tumour voxels in the original label.

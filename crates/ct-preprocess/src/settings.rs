@@ -17,8 +17,11 @@ pub struct PreprocessConfig {
     /// Which axial slices are kept: "inferior" drops `crop_slices` (or `crop_mm`) at the inferior
     /// end, as the reference does; "lungs" keeps the lungs' axial extent plus `lung_margin_mm`.
     pub crop: CropMode,
-    /// With `crop = "lungs"`: kept beyond the lungs at each end (mm).
+    /// With `crop = "lungs"`: kept beyond the lungs at each end (mm), axially and in the plane.
     pub lung_margin_mm: f64,
+    /// With `crop = "lungs"`: each slice is also cropped to the lungs' in-plane box (plus the
+    /// margin, made square) before resizing, so that the same `size` gives finer pixels.
+    pub in_plane_crop: bool,
     /// Slices dropped at the inferior end (after canonical reorientation).
     pub crop_slices: usize,
     /// If set, the crop in millimetres instead (converted with each volume's slice spacing).
@@ -47,6 +50,7 @@ impl Default for PreprocessConfig {
             window: Vec::new(),
             crop: CropMode::Inferior,
             lung_margin_mm: 20.0,
+            in_plane_crop: false,
             crop_slices: 30,
             crop_mm: None,
             max_crop_fraction: 0.3,
@@ -86,6 +90,12 @@ impl Section for PreprocessConfig {
         }
         if !(self.lung_margin_mm.is_finite() && self.lung_margin_mm >= 0.0) {
             return Err(Invalid::new("lung_margin_mm", "must be ≥ 0"));
+        }
+        if self.in_plane_crop && self.crop != CropMode::Lungs {
+            return Err(Invalid::new(
+                "in_plane_crop",
+                "needs crop = \"lungs\" (the box comes from the lung mask)",
+            ));
         }
         if !(0.0..1.0).contains(&self.max_crop_fraction) {
             return Err(Invalid::new("max_crop_fraction", "must be in [0, 1)"));

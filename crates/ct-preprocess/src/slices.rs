@@ -3,7 +3,7 @@
 use fast_image_resize::images::{TypedImage, TypedImageRef};
 use fast_image_resize::pixels::F32;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
-use ndarray::{ArrayView1, ArrayView2, ArrayView3, Axis};
+use ndarray::{ArrayView1, ArrayView2, ArrayView3, Axis, s};
 use serde::{Deserialize, Serialize};
 
 use crate::settings::{CropMode, Normalisation, PreprocessConfig};
@@ -86,6 +86,82 @@ pub fn decide_crop(
         requested,
         applied,
         reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+    }
+}
+
+/// The part of every canonical axial slice the network sees: columns `x` (canonical x, patient
+/// left → right) and rows `y` (canonical y, posterior → anterior), each `[first, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaneBox {
+    pub x: [usize; 2],
+    pub y: [usize; 2],
+}
+
+impl PlaneBox {
+    /// The whole slice of a `[width, height]` canonical plane.
+    pub fn whole([width, height]: [usize; 2]) -> PlaneBox {
+        PlaneBox {
+            x: [0, width],
+            y: [0, height],
+        }
+    }
+
+    /// `[width, height]` in voxels.
+    pub fn extent(&self) -> [usize; 2] {
+        [self.x[1] - self.x[0], self.y[1] - self.y[0]]
+    }
+
+    /// The box of every axial slice of a canonical `[x, y, k]` view.
+    pub fn of<'a, T>(&self, canonical: ArrayView3<'a, T>) -> ArrayView3<'a, T> {
+        canonical.slice_move(s![self.x[0]..self.x[1], self.y[0]..self.y[1], ..])
+    }
+
+    /// The smallest box holding both.
+    fn union(self, other: PlaneBox) -> PlaneBox {
+        PlaneBox {
+            x: [self.x[0].min(other.x[0]), self.x[1].max(other.x[1])],
+            y: [self.y[0].min(other.y[0]), self.y[1].max(other.y[1])],
+        }
+    }
+}
+
+/// Decides the in-plane crop of a canonical `[width, height]` plane with voxel `spacing_mm`
+/// (`[x, y]`). With `in_plane_crop` it is the lungs' box (`lung_box`, over every slice) grown by
+/// `lung_margin_mm`, made square in millimetres (so the network's pixels stay square) and never
+/// leaving out any of `tumour_box`; the whole plane without the option or without lungs.
+pub fn decide_plane_box(
+    config: &PreprocessConfig,
+    [width, height]: [usize; 2],
+    spacing_mm: [f64; 2],
+    lung_box: Option<PlaneBox>,
+    tumour_box: Option<PlaneBox>,
+) -> PlaneBox {
+    let whole = PlaneBox::whole([width, height]);
+    let Some(lungs) = lung_box.filter(|_| config.in_plane_crop) else {
+        return whole;
+    };
+    let grow = |[lo, hi]: [usize; 2], spacing: f64, n: usize| {
+        let margin = (config.lung_margin_mm / spacing).ceil() as usize;
+        [lo.saturating_sub(margin), (hi + margin).min(n)]
+    };
+    let grown = PlaneBox {
+        x: grow(lungs.x, spacing_mm[0], width),
+        y: grow(lungs.y, spacing_mm[1], height),
+    };
+    let wanted = tumour_box.map_or(grown, |tumour| grown.union(tumour));
+    let [wx, wy] = wanted.extent();
+    let side_mm = (wx as f64 * spacing_mm[0]).max(wy as f64 * spacing_mm[1]);
+    // Grown evenly about its centre to the square's side, then moved inside the plane: a range at
+    // least as long as the one it holds still holds it after the move.
+    let square = |[lo, hi]: [usize; 2], spacing: f64, n: usize| {
+        let side = ((side_mm / spacing).round() as usize).clamp(hi - lo, n);
+        let start = (lo + hi).saturating_sub(side) / 2;
+        let start = start.min(n - side);
+        [start, start + side]
+    };
+    PlaneBox {
+        x: square(wanted.x, spacing_mm[0], width),
+        y: square(wanted.y, spacing_mm[1], height),
     }
 }
 
@@ -253,6 +329,65 @@ mod tests {
         let crop = decide_crop(&lungs, 50, 2.0, None, None);
         assert_eq!(crop.kept(50), [0, 50]);
         assert!(crop.reason.unwrap().contains("no lungs found"));
+    }
+
+    #[test]
+    fn the_plane_box_holds_the_lungs_with_a_margin_and_every_tumour_voxel_and_is_square_in_mm() {
+        let settings = PreprocessConfig {
+            crop: CropMode::Lungs,
+            in_plane_crop: true,
+            lung_margin_mm: 10.0,
+            ..PreprocessConfig::default()
+        };
+        let lungs = PlaneBox {
+            x: [60, 200],
+            y: [80, 160],
+        };
+        // 1 x 0.5 mm pixels: 10 mm is 10 columns, 20 rows; 160 mm square is 160 x 320.
+        let plane = decide_plane_box(&settings, [256, 400], [1.0, 0.5], Some(lungs), None);
+        assert_eq!(
+            plane,
+            PlaneBox {
+                x: [50, 210],
+                y: [0, 320]
+            }
+        );
+        // Near the edge the square moves inside the plane; a tumour outside the lungs' box
+        // widens it.
+        let tumour = PlaneBox {
+            x: [20, 30],
+            y: [100, 110],
+        };
+        let plane = decide_plane_box(&settings, [256, 256], [1.0, 1.0], Some(lungs), Some(tumour));
+        assert_eq!(
+            plane,
+            PlaneBox {
+                x: [20, 210],
+                y: [25, 215]
+            }
+        );
+        // A square larger than the plane is the plane; no lungs or no option: the whole plane.
+        let wide = PlaneBox {
+            x: [0, 256],
+            y: [100, 120],
+        };
+        let whole = PlaneBox::whole([256, 200]);
+        assert_eq!(
+            decide_plane_box(&settings, [256, 200], [1.0, 1.0], Some(wide), None),
+            whole
+        );
+        assert_eq!(
+            decide_plane_box(&settings, [256, 200], [1.0, 1.0], None, None),
+            whole
+        );
+        let off = PreprocessConfig {
+            in_plane_crop: false,
+            ..settings
+        };
+        assert_eq!(
+            decide_plane_box(&off, [256, 200], [1.0, 1.0], Some(lungs), Some(tumour)),
+            whole
+        );
     }
 
     #[test]

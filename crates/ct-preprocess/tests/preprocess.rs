@@ -8,7 +8,8 @@ use std::process::Command;
 use ct_io::{Reorientation, read_task, read_volume};
 use ct_phantom::{SynthConfig, write_task};
 use ct_preprocess::manifest::{MANIFEST_FILE, Manifest};
-use ct_preprocess::settings::PreprocessConfig;
+use ct_preprocess::settings::{CropMode, PreprocessConfig};
+use ct_preprocess::slices::PlaneBox;
 use ct_preprocess::split::{Split, SplitRecord};
 use ct_preprocess::{Summary, preprocess};
 use ndarray::{Array2, Axis};
@@ -166,6 +167,79 @@ fn every_axis_order_of_one_patient_gives_the_same_slices() {
         let b = Manifest::load(&out.join(MANIFEST_FILE)).unwrap();
         assert_eq!(b.cases[0].info.original_orientation, other);
         same_slices(&a, &out_las, &b, &out);
+    }
+}
+
+#[test]
+fn the_in_plane_crop_holds_lungs_and_tumour_is_square_and_the_same_in_every_axis_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = PreprocessConfig {
+        crop: CropMode::Lungs,
+        in_plane_crop: true,
+        ..settings()
+    };
+    let mut first: Option<(Manifest, PathBuf)> = None;
+    for orientation in ["LAS", "PIR"] {
+        let root = dir.path().join(format!("task_{orientation}"));
+        let config = SynthConfig {
+            cases: 3,
+            test_cases: 0,
+            size: 128,
+            slices: 32,
+            seed: 5,
+            orientation: orientation.to_string(),
+        };
+        write_task(&root, &config).unwrap();
+        let out = dir.path().join(orientation);
+        run(&root, &settings, &out).unwrap();
+        let manifest = Manifest::load(&out.join(MANIFEST_FILE)).unwrap();
+        let mut cropped = 0;
+        for case in &manifest.cases {
+            let info = &case.info;
+            let plane = info.plane_box;
+            let [width, height] = plane.extent();
+            let [sx, sy, _] = info.canonical_spacing;
+            assert!(
+                (width as f64 * sx - height as f64 * sy).abs() <= sx.max(sy),
+                "{}: {plane:?} is not square in mm",
+                info.id
+            );
+            cropped += usize::from(plane != PlaneBox::whole([128, 128]));
+            assert_eq!(
+                info.resize_factors,
+                [32.0 / height as f64, 32.0 / width as f64]
+            );
+            // Every tumour voxel and every lung voxel lies in the box.
+            let root = dir.path().join(format!("task_{orientation}"));
+            let label =
+                read_volume(&root.join("labelsTr").join(format!("{}.nii.gz", info.id))).unwrap();
+            let lungs =
+                read_volume(&out.join("cases").join(&info.id).join("lungs.nii.gz")).unwrap();
+            let r = Reorientation::to_canonical(&label.geometry);
+            for volume in [&label, &lungs] {
+                let canonical = r.apply(volume.data.view());
+                for ((x, y, _), &v) in canonical.indexed_iter() {
+                    if v > 0.0 {
+                        assert!(
+                            (plane.x[0]..plane.x[1]).contains(&x)
+                                && (plane.y[0]..plane.y[1]).contains(&y),
+                            "{}: ({x}, {y}) outside {plane:?}",
+                            info.id
+                        );
+                    }
+                }
+            }
+        }
+        assert!(cropped > 0, "no phantom's lungs leave room to crop");
+        match &first {
+            None => first = Some((manifest, out)),
+            Some((las, out_las)) => {
+                for (a, b) in las.cases.iter().zip(&manifest.cases) {
+                    assert_eq!(a.info.plane_box, b.info.plane_box, "{}", a.info.id);
+                }
+                same_slices(las, out_las, &manifest, &out);
+            }
+        }
     }
 }
 

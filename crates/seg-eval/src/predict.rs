@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use ct_io::{Geometry, Reorientation, Volume};
 use ct_preprocess::lungs::{CONSTRAINT_MARGIN_MM, LungMask, lung_mask};
 use ct_preprocess::settings::{CropMode, Normalisation, PreprocessConfig};
-use ct_preprocess::slices::{decide_crop, network_input, resize_bilinear};
+use ct_preprocess::slices::{decide_crop, decide_plane_box, network_input, resize_bilinear};
 use ndarray::{Array3, ShapeBuilder};
 use rayon::prelude::*;
 use seg_model::{CheckpointInfo, Model};
@@ -193,15 +193,31 @@ impl Predictor {
             "{}: no slice left after cropping",
             source.display()
         );
+        let plane_box = decide_plane_box(
+            &self.preprocess,
+            [width, height],
+            [canonical_geometry.spacing[0], canonical_geometry.spacing[1]],
+            lungs.as_ref().and_then(LungMask::plane_extent),
+            None,
+        );
+        let [box_width, box_height] = plane_box.extent();
+        tracing::debug!(
+            "{}: network sees columns {:?}, rows {:?} of {width}x{height}",
+            source.display(),
+            plane_box.x,
+            plane_box.y
+        );
         let size = self.preprocess.size;
         let normalisation = Normalisation::from_config(&self.preprocess);
+        let boxed = plane_box.of(ct);
         let inputs: Vec<Vec<f32>> = (first..end)
             .into_par_iter()
-            .map(|k| network_input(ct, k, size, normalisation))
+            .map(|k| network_input(boxed, k, size, normalisation))
             .collect();
 
         // Canonical probabilities, Fortran order: axial plane k is one contiguous row-major image
-        // (rows along y, columns along x), the layout `ct_preprocess::slices::network_input` gives.
+        // (rows along y, columns along x), the layout `ct_preprocess::slices::network_input` gives;
+        // outside the box they are 0.
         let plane = width * height;
         let mut canonical = vec![0f32; plane * depth];
         let context = self.info.model.in_channels / 2;
@@ -214,7 +230,14 @@ impl Predictor {
                 .par_chunks_mut(plane)
                 .zip(probabilities.par_chunks(size * size))
                 .for_each(|(out, p)| {
-                    out.copy_from_slice(&resize_bilinear(p, [size, size], [height, width]))
+                    let resized = resize_bilinear(p, [size, size], [box_height, box_width]);
+                    for (row, values) in out
+                        .chunks_mut(width)
+                        .skip(plane_box.y[0])
+                        .zip(resized.chunks(box_width))
+                    {
+                        row[plane_box.x[0]..plane_box.x[1]].copy_from_slice(values);
+                    }
                 });
         }
         let canonical = Array3::from_shape_vec((width, height, depth).f(), canonical)

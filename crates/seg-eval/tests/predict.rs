@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use ct_io::{Datatype, Reorientation, read_volume};
 use ct_phantom::{SynthConfig, write_task};
-use ct_preprocess::settings::PreprocessConfig;
+use ct_preprocess::settings::{CropMode, PreprocessConfig};
+use ct_preprocess::slices::{PlaneBox, resize_bilinear};
 use seg_eval::predict::{PredictOptions, Predictor, plan, run_job};
 use seg_model::{Model, ModelConfig};
 
@@ -362,59 +363,90 @@ fn the_mask_lands_on_the_voxels_it_was_found_on_in_a_non_square_asymmetric_ct() 
 
 #[test]
 fn the_predictor_feeds_the_network_what_ct_preprocess_wrote_for_training() {
-    let dir = tempfile::tempdir().unwrap();
-    let task = dir.path().join("task");
-    let synth = SynthConfig {
-        cases: 1,
-        test_cases: 0,
-        size: 32,
-        slices: 20,
-        seed: 8,
-        orientation: "LPS".into(),
-    };
-    write_task(&task, &synth).unwrap();
-    let preprocess = PreprocessConfig {
+    // The reference's crop, slices of the file's size; and the lungs' crop with each slice cut to
+    // the lungs' box, resized from a box of another size.
+    let plain = PreprocessConfig {
         size: 32,
         crop_slices: 3,
         window: vec![-1000.0, 400.0],
         validation_fraction: 0.0,
         ..PreprocessConfig::default()
     };
-    let cases = ct_io::read_task(&task).unwrap().training;
-    let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
-    let split = ct_preprocess::split::SplitRecord::new(&ids, &preprocess).unwrap();
-    let out = dir.path().join("preprocessed");
-    ct_preprocess::preprocess(&cases, &task, &split, &preprocess, &out).unwrap();
-    let manifest =
-        ct_preprocess::manifest::Manifest::load(&out.join(ct_preprocess::manifest::MANIFEST_FILE))
-            .unwrap();
-
-    // The identity head: probability = sigmoid(input), so the logit of the output is the input.
-    let checkpoint = pass_through_checkpoint(dir.path(), &preprocess, 1.0, 0.0);
-    let predictor = Predictor::load(&checkpoint, &candle_core::Device::Cpu, options(0.5)).unwrap();
-    let input = &cases[0].image;
-    let output = dir.path().join("mask.nii.gz");
-    let jobs = plan(input, &output, true).unwrap();
-    run_job(&predictor, &jobs[0]).unwrap();
-    let probabilities = read_volume(jobs[0].probabilities.as_ref().unwrap()).unwrap();
-    let r = Reorientation::to_canonical(&probabilities.geometry);
-    let canonical = r.apply(probabilities.data.view());
-    assert!(!manifest.slices.is_empty());
-    for slice in &manifest.slices {
-        let stored: ndarray::Array2<f32> =
-            ndarray_npy::read_npy(out.join(&slice.files.image)).unwrap();
-        let k = slice.files.slice;
-        let worst = stored
-            .indexed_iter()
-            .map(|((row, column), &v)| {
-                let p = canonical[[column, row, k]];
-                ((p / (1.0 - p)).ln() - v).abs()
-            })
-            .fold(0f32, f32::max);
-        assert!(
-            worst < 1e-5,
-            "slice {k}: the network's input differs by {worst}"
+    let boxed = PreprocessConfig {
+        crop: CropMode::Lungs,
+        in_plane_crop: true,
+        lung_margin_mm: 5.0,
+        ..plain.clone()
+    };
+    for (preprocess, size) in [(plain, 32), (boxed, 96)] {
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("task");
+        let synth = SynthConfig {
+            cases: 1,
+            test_cases: 0,
+            size,
+            slices: 20,
+            seed: 8,
+            orientation: "LPS".into(),
+        };
+        write_task(&task, &synth).unwrap();
+        let cases = ct_io::read_task(&task).unwrap().training;
+        let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
+        let split = ct_preprocess::split::SplitRecord::new(&ids, &preprocess).unwrap();
+        let out = dir.path().join("preprocessed");
+        ct_preprocess::preprocess(&cases, &task, &split, &preprocess, &out).unwrap();
+        let manifest = ct_preprocess::manifest::Manifest::load(
+            &out.join(ct_preprocess::manifest::MANIFEST_FILE),
+        )
+        .unwrap();
+        let info = &manifest.cases[0].info;
+        let plane_box = info.plane_box;
+        let [width, height, _] = info.canonical_shape;
+        assert_eq!(
+            plane_box == PlaneBox::whole([width, height]),
+            !preprocess.in_plane_crop,
+            "{plane_box:?} of {width}x{height}"
         );
+        let [box_width, box_height] = plane_box.extent();
+
+        // The identity head: probability = sigmoid(input), so the logit of the output is the
+        // input; the predictor resizes the probabilities from the box back to its own size.
+        let checkpoint = pass_through_checkpoint(dir.path(), &preprocess, 1.0, 0.0);
+        let predictor =
+            Predictor::load(&checkpoint, &candle_core::Device::Cpu, options(0.5)).unwrap();
+        let input = &cases[0].image;
+        let output = dir.path().join("mask.nii.gz");
+        let jobs = plan(input, &output, true).unwrap();
+        run_job(&predictor, &jobs[0]).unwrap();
+        let probabilities = read_volume(jobs[0].probabilities.as_ref().unwrap()).unwrap();
+        let r = Reorientation::to_canonical(&probabilities.geometry);
+        let canonical = r.apply(probabilities.data.view());
+        assert!(!manifest.slices.is_empty());
+        for slice in &manifest.slices {
+            let stored: ndarray::Array2<f32> =
+                ndarray_npy::read_npy(out.join(&slice.files.image)).unwrap();
+            let sigmoid: Vec<f32> = stored.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+            let expected = resize_bilinear(&sigmoid, [32, 32], [box_height, box_width]);
+            let k = slice.files.slice;
+            let mut worst = 0f32;
+            for x in 0..width {
+                for y in 0..height {
+                    let inside = (plane_box.x[0]..plane_box.x[1]).contains(&x)
+                        && (plane_box.y[0]..plane_box.y[1]).contains(&y);
+                    let want = if inside {
+                        expected[(y - plane_box.y[0]) * box_width + x - plane_box.x[0]]
+                    } else {
+                        0.0
+                    };
+                    worst = worst.max((canonical[[x, y, k]] - want).abs());
+                }
+            }
+            assert!(
+                worst < 1e-6,
+                "{:?} slice {k}: the network's input differs by {worst}",
+                preprocess.crop
+            );
+        }
     }
 }
 
