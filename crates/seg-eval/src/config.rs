@@ -26,8 +26,6 @@ pub struct EvalConfig {
     pub report_slices: usize,
     /// CT window of the overlays, [lo, hi] in HU (a lung window by default).
     pub lung_window: [f32; 2],
-    /// The case the report's animation scrolls through; empty for the one with the most tumour.
-    pub animation_case: String,
 }
 
 impl Default for EvalConfig {
@@ -43,7 +41,6 @@ impl Default for EvalConfig {
             save_probabilities: false,
             report_slices: 1,
             lung_window: [-1350.0, 150.0],
-            animation_case: String::new(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod predict;
 pub mod render;
 pub mod report;
 pub mod stage;
+pub mod viewer;
 
 pub use config::EvalConfig;
 pub use metrics::{CaseMetrics, case_metrics};

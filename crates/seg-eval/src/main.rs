@@ -26,7 +26,7 @@ enum Command {
     /// Compare predicted masks with references (--pred, --ref), or the run's validation
     /// predictions with labelsTr (--config).
     Evaluate(EvaluateArgs),
-    /// Draw the run's report (overlays, animation, report.html) from its evaluation.
+    /// Draw the run's report (overlays, slice viewers, report.html) from its evaluation.
     Report {
         #[command(flatten)]
         config: ConfigArgs,

@@ -1,6 +1,6 @@
 //! Axial slices as pictures: the CT in a window, the lungs', the reference's and the prediction's
 //! contours on top, in the radiological convention (patient's right on the viewer's left, anterior up), with a label.
-//! Pictures are palette images: one palette serves the PNGs and the animated GIF.
+//! Pictures are palette images; the viewer's layers take their colours from the same palette.
 
 use ndarray::ArrayView3;
 

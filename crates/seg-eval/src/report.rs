@@ -1,7 +1,7 @@
 //! `report/`: what a person looks at to trust a run. PNG overlays of the slices with the most
-//! tumour of each evaluated case, an animated GIF scrolling through one volume, and
-//! `report.html`, one page that opens offline with the summary, the per-case table, the training
-//! curves and the pictures (all beside it in the same folder).
+//! tumour of each evaluated case, a slice viewer per case (`viewer.rs`) and `report.html`, one
+//! page that opens offline with the summary, the sortable per-case table, the viewers, the
+//! training curves and the overlays (all beside it in the same folder).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,8 @@ use ndarray::Axis;
 use crate::evaluate::{Statistic, Summary};
 use crate::metrics::CaseMetrics;
 use crate::predict::PredictionNotes;
-use crate::render::{LUNGS, PREDICTION, Picture, REFERENCE, SliceSource, palette};
+use crate::render::{LUNGS, PREDICTION, REFERENCE, SliceSource, palette};
+use crate::viewer::{self, ViewerCase, ViewerSource};
 
 pub const REPORT_FILE: &str = "report.html";
 const OVERLAYS_DIR: &str = "overlays";
@@ -31,8 +32,6 @@ pub struct ReportInputs<'a> {
     pub facts: Vec<(String, String)>,
     pub slices_per_case: usize,
     pub window: [f32; 2],
-    /// The case to animate; None for the one with the most reference tumour.
-    pub animation_case: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,30 +84,13 @@ pub fn write_report(inputs: &ReportInputs, out: &Path) -> anyhow::Result<PathBuf
 fn build(inputs: &ReportInputs, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join(OVERLAYS_DIR))
         .with_context(|| format!("{}: cannot create", dir.display()))?;
-    let animated = match &inputs.animation_case {
-        Some(id) => {
-            ensure!(
-                inputs.cases.iter().any(|c| &c.id == id),
-                "eval.animation_case: {id} is not among the evaluated cases"
-            );
-            Some(id.clone())
-        }
-        None => inputs
-            .per_case
-            .iter()
-            .max_by(|a, b| a.reference_ml.total_cmp(&b.reference_ml))
-            .map(|c| c.case.clone()),
-    };
     let bar = ct_io::cli::progress_bar(inputs.cases.len() as u64, "report");
     let mut overlays = Vec::new();
-    let mut animation = None;
+    let mut viewers = Vec::new();
     for case in &inputs.cases {
-        let animate = animated.as_deref() == Some(case.id.as_str());
-        let (mut pictures, gif) = draw_case(case, inputs, animate, dir)?;
+        let (mut pictures, viewer) = draw_case(case, inputs, dir)?;
         overlays.append(&mut pictures);
-        if gif.is_some() {
-            animation = gif;
-        }
+        viewers.push(viewer);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -120,19 +102,18 @@ fn build(inputs: &ReportInputs, dir: &Path) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let html = page(inputs, &overlays, animation.as_ref(), curves.as_deref());
+    let html = page(inputs, &overlays, curves.as_deref(), &viewers);
     std::fs::write(dir.join(REPORT_FILE), html)
         .with_context(|| format!("{}: cannot write the page", dir.display()))?;
     Ok(())
 }
 
-/// The case's overlays (and its animation if `animate`), written into `dir`.
+/// The case's overlays and its viewer's pictures, written into `dir`.
 fn draw_case(
     case: &CaseFiles,
     inputs: &ReportInputs,
-    animate: bool,
     dir: &Path,
-) -> anyhow::Result<(Vec<Overlay>, Option<Overlay>)> {
+) -> anyhow::Result<(Vec<Overlay>, ViewerCase)> {
     let ct = read_volume(&case.ct)?;
     let options = ct_io::ReadOptions::default();
     let reference = read_mask_with(&case.reference, &options)?;
@@ -203,60 +184,39 @@ fn draw_case(
             ),
         });
     }
-    let animation = if animate {
-        let file = format!("{}.gif", case.id);
-        let frames: Vec<Picture> = (0..depth)
-            .map(|k| {
-                let mut picture = source.draw(k, 256);
-                picture.label(&format!("{} {k}", case.id), 4, 4, 1);
-                picture
-            })
-            .collect();
-        write_gif(&dir.join(&file), &frames)?;
-        Some(Overlay {
-            file,
-            caption: format!(
-                "{}: every axial slice from the inferior end up, reference and prediction contoured",
-                case.id
-            ),
-        })
-    } else {
-        None
+    let facts = match inputs.per_case.iter().find(|m| m.case == case.id) {
+        Some(m) => format!(
+            "Dice {} · reference {:.2} ml, predicted {:.2} ml · lesions {} ({} found), {} false \
+             positive(s)",
+            number(m.dice),
+            m.reference_ml,
+            m.predicted_ml,
+            m.reference_lesions,
+            m.detected_lesions,
+            m.false_positive_lesions
+        ),
+        None => String::new(),
     };
-    Ok((overlays, animation))
-}
-
-fn write_gif(path: &Path, frames: &[Picture]) -> anyhow::Result<()> {
-    let first = frames.first().context("no frames to animate")?;
-    let palette: Vec<u8> = palette().into_iter().flatten().collect();
-    let mut bytes = Vec::new();
-    {
-        let mut encoder = gif::Encoder::new(
-            &mut bytes,
-            first.width as u16,
-            first.height as u16,
-            &palette,
-        )?;
-        encoder.set_repeat(gif::Repeat::Infinite)?;
-        for picture in frames {
-            let mut frame = gif::Frame {
-                width: picture.width as u16,
-                height: picture.height as u16,
-                delay: 8, // 1/100 s
-                ..gif::Frame::default()
-            };
-            frame.buffer = std::borrow::Cow::Borrowed(&picture.pixels);
-            encoder.write_frame(&frame)?;
-        }
-    }
-    std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()))
+    let viewer = viewer::write_case(
+        &ViewerSource {
+            id: &case.id,
+            ct: source.ct,
+            reference: source.reference,
+            prediction: source.prediction,
+            lungs: source.lungs,
+            spacing: source.spacing,
+        },
+        facts,
+        dir,
+    )?;
+    Ok((overlays, viewer))
 }
 
 fn page(
     inputs: &ReportInputs,
     overlays: &[Overlay],
-    animation: Option<&Overlay>,
     curves: Option<&str>,
+    viewers: &[ViewerCase],
 ) -> String {
     let colour = |index: u8| {
         let [r, g, b] = palette()[usize::from(index)];
@@ -272,11 +232,13 @@ fn page(
          figure{{display:inline-block;margin:0 1em 1em 0;vertical-align:top}}figcaption{{max-width:512px;font-size:90%}}\
          .ref{{color:{reference};font-weight:bold}}.pred{{color:{prediction};font-weight:bold}}\
          .lungs{{color:{lungs};font-weight:bold}}\
-         </style></head><body>\n<h1>{title}</h1>\n",
+         th button{{font:inherit;font-weight:bold;background:none;border:0;cursor:pointer;padding:0}}\
+         {viewer_style}</style></head><body>\n<h1>{title}</h1>\n",
         title = escape(&inputs.title),
         reference = colour(REFERENCE),
         prediction = colour(PREDICTION),
         lungs = colour(LUNGS),
+        viewer_style = viewer::STYLE,
     );
     let notes = |case: &str| {
         inputs
@@ -353,54 +315,80 @@ fn page(
         );
     }
 
-    html.push_str(
-        "<h2>Per case</h2>\n<table><tr><th>case</th><th>Dice</th><th>IoU</th><th>precision</th>\
-         <th>recall</th><th>HD95 (mm)</th><th>reference ml</th><th>predicted ml</th>\
-         <th>lesions</th><th>detected</th><th>false positives</th>",
-    );
+    let mut headers = vec![
+        "case",
+        "Dice",
+        "IoU",
+        "precision",
+        "recall",
+        "HD95 (mm)",
+        "reference ml",
+        "predicted ml",
+        "lesions",
+        "detected",
+        "false positives",
+    ];
     if has_notes {
-        html.push_str("<th>slices seen</th><th>lungs ml</th><th>dropped outside lungs</th>");
+        headers.extend(["slices seen", "lungs ml", "dropped outside lungs"]);
     }
-    html.push_str("</tr>\n");
+    html.push_str(
+        "<h2>Per case</h2>\n<p>A header sorts the table by its column (again: the other way); a \
+         case opens its slice viewer.</p>\n<table class=\"cases\"><thead><tr>",
+    );
+    for header in headers {
+        let _ = write!(html, "<th><button type=\"button\">{header}</button></th>");
+    }
+    html.push_str("</tr></thead><tbody>\n");
+    let cell =
+        |shown: String, sort: String| format!("<td data-sort=\"{}\">{shown}</td>", escape(&sort));
+    let float = |v: Option<f64>| (number(v), v.map_or(String::new(), |v| v.to_string()));
     for c in inputs.per_case {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td>\
-             <td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td>",
-            escape(&c.case),
-            number(c.dice),
-            number(c.iou),
-            number(c.precision),
-            number(c.recall),
-            number(c.hd95_mm),
-            c.reference_ml,
-            c.predicted_ml,
-            c.reference_lesions,
-            c.detected_lesions,
-            c.false_positive_lesions
+        let mut cells = vec![(
+            format!(
+                "<a class=\"open-viewer\" href=\"#viewer-{id}\">{id}</a>",
+                id = escape(&c.case)
+            ),
+            c.case.clone(),
+        )];
+        cells.extend([c.dice, c.iou, c.precision, c.recall, c.hd95_mm].map(float));
+        cells.extend([c.reference_ml, c.predicted_ml].map(|v| (format!("{v:.2}"), v.to_string())));
+        cells.extend(
+            [
+                c.reference_lesions,
+                c.detected_lesions,
+                c.false_positive_lesions,
+            ]
+            .map(|n| (n.to_string(), n.to_string())),
         );
         if has_notes {
-            let _ = write!(
-                html,
-                "{}",
-                notes(&c.case).map_or("<td>–</td><td>–</td><td>–</td>".to_string(), |n| {
-                    format!(
-                        "<td>{}–{}</td><td>{}</td><td>{}</td>",
-                        n.kept_slices[0],
-                        n.kept_slices[1],
-                        n.lung_ml.map_or("–".to_string(), |ml| format!("{ml:.0}")),
-                        if n.lung_ml.is_some() {
-                            n.outside_lungs.to_string()
-                        } else {
-                            "–".to_string()
-                        }
-                    )
-                })
-            );
+            let dash = || ("–".to_string(), String::new());
+            match notes(&c.case) {
+                Some(n) => {
+                    cells.push((
+                        format!("{}–{}", n.kept_slices[0], n.kept_slices[1]),
+                        (n.kept_slices[1] - n.kept_slices[0]).to_string(),
+                    ));
+                    cells.push(
+                        n.lung_ml
+                            .map_or_else(dash, |ml| (format!("{ml:.0}"), ml.to_string())),
+                    );
+                    cells.push(if n.lung_ml.is_some() {
+                        (n.outside_lungs.to_string(), n.outside_lungs.to_string())
+                    } else {
+                        dash()
+                    });
+                }
+                None => cells.extend([dash(), dash(), dash()]),
+            }
+        }
+        html.push_str("<tr>");
+        for (shown, sort) in cells {
+            html.push_str(&cell(shown, sort));
         }
         html.push_str("</tr>\n");
     }
-    html.push_str("</table>\n");
+    html.push_str("</tbody></table>\n");
+    html.push_str(&viewer::html(viewers));
 
     if let Some(curves) = curves {
         let _ = writeln!(
@@ -422,14 +410,6 @@ fn page(
             ""
         }
     );
-    if let Some(animation) = animation {
-        let _ = writeln!(
-            html,
-            "<figure><img src=\"{}\" alt=\"scrolling through a volume\"><figcaption>{}</figcaption></figure><br>",
-            escape(&animation.file),
-            escape(&animation.caption)
-        );
-    }
     for overlay in overlays {
         let _ = writeln!(
             html,
@@ -446,7 +426,7 @@ fn number(v: Option<f64>) -> String {
     v.map_or("–".to_string(), |v| format!("{v:.3}"))
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

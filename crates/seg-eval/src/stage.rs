@@ -383,8 +383,6 @@ pub fn report(stage: &Stage) -> anyhow::Result<PathBuf> {
             ));
         }
     }
-    let animation_case =
-        (!stage.eval.animation_case.is_empty()).then(|| stage.eval.animation_case.clone());
     let inputs = ReportInputs {
         title: format!(
             "lungseg report: {}",
@@ -401,7 +399,6 @@ pub fn report(stage: &Stage) -> anyhow::Result<PathBuf> {
         facts,
         slices_per_case: stage.eval.report_slices,
         window: stage.eval.lung_window,
-        animation_case,
     };
     write_report(&inputs, &stage.report())
 }

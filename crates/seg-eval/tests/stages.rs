@@ -129,13 +129,12 @@ fn the_stages_predict_evaluate_and_report_a_run() {
         .skip(1)
         .map(|rest| rest.split('"').next().unwrap())
         .collect();
-    // Two overlays per case and one animation.
+    // Two overlays per case.
     assert_eq!(
         sources.iter().filter(|s| s.ends_with(".png")).count(),
         4,
         "{sources:?}"
     );
-    assert_eq!(sources.iter().filter(|s| s.ends_with(".gif")).count(), 1);
     for source in &sources {
         let file = page.parent().unwrap().join(source);
         assert!(
@@ -155,9 +154,53 @@ fn the_stages_predict_evaluate_and_report_a_run() {
         html.contains("class=\"lungs\""),
         "the overlays' legend names the lung contour"
     );
-    let gif = sources.iter().find(|s| s.ends_with(".gif")).unwrap();
-    let bytes = std::fs::read(page.parent().unwrap().join(gif)).unwrap();
-    assert!(bytes.starts_with(b"GIF89a"));
+    // A viewer per case, and every picture its script will ask for is there.
+    let viewers = viewer_cases(&html);
+    assert_eq!(
+        viewers
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>(),
+        names(&stage.predictions(VALIDATION))
+    );
+    for case in &viewers {
+        let id = case["id"].as_str().unwrap();
+        assert!(html.contains(&format!("id=\"viewer-{id}\"")), "{id}");
+        let folder = page.parent().unwrap().join(case["dir"].as_str().unwrap());
+        let slices = case["slices"].as_u64().unwrap() as usize;
+        let mut wanted: Vec<String> = (0..slices).map(|k| format!("ct_{k:04}.jpg")).collect();
+        for (layer, names) in [
+            ("reference", &["reference", "reference_fill"][..]),
+            ("prediction", &["prediction", "prediction_fill"]),
+            ("lungs", &["lungs"]),
+        ] {
+            for k in case[layer].as_array().unwrap() {
+                let k = k.as_u64().unwrap() as usize;
+                assert!(k < slices);
+                wanted.extend(names.iter().map(|name| format!("{name}_{k:04}.png")));
+            }
+        }
+        let metrics = per_case.iter().find(|c| c.case == id).unwrap();
+        assert_eq!(
+            case["reference"].as_array().unwrap().is_empty(),
+            metrics.reference_ml == 0.0,
+            "{id}: reference pictures exactly where there is reference tumour"
+        );
+        for file in wanted {
+            let path = folder.join(&file);
+            assert!(
+                path.is_file(),
+                "{id}: the viewer asks for {file}, which does not exist"
+            );
+        }
+        let lesions = case["lesions"].as_array().unwrap();
+        assert_eq!(
+            lesions.is_empty(),
+            metrics.reference_ml == 0.0 && metrics.predicted_ml == 0.0,
+            "{id}"
+        );
+        assert!(case["start"].as_u64().unwrap() < slices as u64);
+    }
     // A second report replaces the first whole.
     stage::report(&stage).unwrap();
     let leftovers: Vec<_> = std::fs::read_dir(&stage.run_dir)
@@ -166,6 +209,41 @@ fn the_stages_predict_evaluate_and_report_a_run() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The viewers' data as the page's script reads it.
+fn viewer_cases(html: &str) -> Vec<serde_json::Value> {
+    let json = html
+        .split("const VIEWER_CASES = ")
+        .nth(1)
+        .and_then(|rest| rest.split(";\n").next())
+        .expect("the page holds the viewers' data");
+    serde_json::from_str::<Vec<serde_json::Value>>(&json.replace("<\\/", "</")).unwrap()
+}
+
+#[test]
+#[ignore = "needs Chromium and Playwright: LUNGSEG_PYTHON with playwright, /usr/bin/chromium (.ci/run installs both) (cargo test -- --ignored)"]
+fn the_report_is_interactive_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = prepared_run(dir.path());
+    stage::predict(&stage, None).unwrap();
+    stage::evaluate(&stage).unwrap();
+    let page = stage::report(&stage).unwrap();
+    let python = std::env::var("LUNGSEG_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/report_in_browser.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&page)
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("viewers: 2"), "{text}");
 }
 
 fn seg_eval(args: &[&str]) -> (i32, String) {
