@@ -1,9 +1,14 @@
-//! `curves.png`: training and validation loss (left) and the two validation Dice figures (right)
-//! per epoch, with the axis ranges written in a tiny built-in digit font.
+//! `curves.png`: per epoch, the training loss, the validation loss and the two validation Dice
+//! figures, each loss in its own panel (they are measured differently: patches against whole
+//! slices, so their scales differ), drawn with plotters: axis titles, tick labels, legends, and the
+//! best epoch (the checkpoint `best/` holds) marked in every panel.
 
 use std::path::Path;
 
-use image::{ImageEncoder, Rgb, RgbImage};
+use anyhow::anyhow;
+use image::ImageEncoder;
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
 
 /// One epoch's figures (NaN where not measured).
 #[derive(Debug, Clone, Copy)]
@@ -15,190 +20,191 @@ pub struct Point {
     pub pooled_dice: f64,
 }
 
-/// A curve: its colour and how to read its value from a point.
-type Series = (Rgb<u8>, fn(&Point) -> f64);
+const WIDTH: u32 = 1500;
+const HEIGHT: u32 = 460;
+const FONT: &str = "sans-serif";
+/// DejaVu Sans (its licence beside it): the text looks the same on every machine, which need not
+/// have any font installed.
+const FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const BLUE: RGBColor = RGBColor(31, 119, 180);
+const ORANGE: RGBColor = RGBColor(255, 127, 14);
+const GREEN: RGBColor = RGBColor(44, 160, 44);
+const PURPLE: RGBColor = RGBColor(148, 103, 189);
+const GREY: RGBColor = RGBColor(120, 120, 120);
 
-const PANEL_W: u32 = 460;
-const PANEL_H: u32 = 300;
-const MARGIN: u32 = 40;
-const BLUE: Rgb<u8> = Rgb([31, 119, 180]);
-const ORANGE: Rgb<u8> = Rgb([255, 127, 14]);
-const GREEN: Rgb<u8> = Rgb([44, 160, 44]);
-const PURPLE: Rgb<u8> = Rgb([148, 103, 189]);
-const GREY: Rgb<u8> = Rgb([220, 220, 220]);
-const BLACK: Rgb<u8> = Rgb([0, 0, 0]);
+/// A curve: its name in the legend, colour and value.
+type Series = (&'static str, RGBColor, fn(&Point) -> f64);
 
-/// Draws the curves and writes them atomically to `path`. Legend: left panel blue = training
-/// loss, orange = validation loss; right panel green = mean per-case Dice, purple = pooled soft
-/// Dice (the reference's figure).
-pub fn write_curves(path: &Path, points: &[Point]) -> anyhow::Result<()> {
-    let width = 2 * (PANEL_W + 2 * MARGIN);
-    let height = PANEL_H + 2 * MARGIN;
-    let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    let last_epoch = points.iter().map(|p| p.epoch).max().unwrap_or(1).max(1);
-    let max_loss = points
-        .iter()
-        .flat_map(|p| [p.train_loss, p.val_loss])
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max)
-        .max(1e-6);
-    let panels: [(u32, f64, [Series; 2]); 2] = [
-        (
-            MARGIN,
-            max_loss,
-            [(BLUE, |p| p.train_loss), (ORANGE, |p| p.val_loss)],
-        ),
-        (
-            3 * MARGIN + PANEL_W,
-            1.0,
-            [(GREEN, |p| p.case_dice), (PURPLE, |p| p.pooled_dice)],
-        ),
-    ];
-    for (left, y_max, series) in panels {
-        let top = MARGIN;
-        for i in 0..=4 {
-            let y = top + PANEL_H * i / 4;
-            line(&mut img, (left, y), (left + PANEL_W, y), GREY);
-        }
-        line(&mut img, (left, top), (left, top + PANEL_H), BLACK);
-        line(
-            &mut img,
-            (left, top + PANEL_H),
-            (left + PANEL_W, top + PANEL_H),
-            BLACK,
-        );
-        text(
-            &mut img,
-            left.saturating_sub(36),
-            top - 4,
-            &format_value(y_max),
-        );
-        text(&mut img, left.saturating_sub(12), top + PANEL_H - 4, "0");
-        text(&mut img, left, top + PANEL_H + 8, "1");
-        let label = last_epoch.to_string();
-        text(
-            &mut img,
-            left + PANEL_W - 8 * label.len() as u32,
-            top + PANEL_H + 8,
-            &label,
-        );
-        let to_pixel = |epoch: usize, value: f64| {
-            let fx = if last_epoch > 1 {
-                (epoch - 1) as f64 / (last_epoch - 1) as f64
-            } else {
-                0.5
-            };
-            let fy = (value / y_max).clamp(0.0, 1.0);
-            (
-                left + (fx * f64::from(PANEL_W)) as u32,
-                top + PANEL_H - (fy * f64::from(PANEL_H)) as u32,
-            )
-        };
-        for (n, (colour, value)) in series.iter().enumerate() {
-            // legend swatch
-            let sx = left + 10 + 30 * n as u32;
-            for dy in 0..8 {
-                line(
-                    &mut img,
-                    (sx, top + 6 + dy),
-                    (sx + 20, top + 6 + dy),
-                    *colour,
-                );
-            }
-            let measured: Vec<(u32, u32)> = points
-                .iter()
-                .filter(|p| value(p).is_finite())
-                .map(|p| to_pixel(p.epoch, value(p)))
-                .collect();
-            for pair in measured.windows(2) {
-                line(&mut img, pair[0], pair[1], *colour);
-            }
-            for &(x, y) in &measured {
-                for d in 0..3 {
-                    line(
-                        &mut img,
-                        (x.saturating_sub(1), y.saturating_sub(1) + d),
-                        (x + 1, y.saturating_sub(1) + d),
-                        *colour,
-                    );
-                }
-            }
-        }
-    }
+/// Draws the curves and writes them atomically to `path`; `best_epoch` is marked.
+pub fn write_curves(
+    path: &Path,
+    points: &[Point],
+    best_epoch: Option<usize>,
+) -> anyhow::Result<()> {
+    register_font(FONT, FontStyle::Normal, FONT_BYTES)
+        .map_err(|_| anyhow!("the built-in font cannot be read"))?;
+    let mut pixels = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
+    draw(&mut pixels, points, best_epoch).map_err(|e| anyhow!("drawing the curves: {e}"))?;
     ct_io::atomic::write_atomically(path, |out| {
         image::codecs::png::PngEncoder::new(out)
-            .write_image(img.as_raw(), width, height, image::ExtendedColorType::Rgb8)
+            .write_image(&pixels, WIDTH, HEIGHT, image::ExtendedColorType::Rgb8)
             .map_err(std::io::Error::other)
     })?;
     Ok(())
 }
 
-fn format_value(v: f64) -> String {
-    if v >= 10.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-/// Bresenham's line, clipped to the image.
-fn line(img: &mut RgbImage, (x0, y0): (u32, u32), (x1, y1): (u32, u32), colour: Rgb<u8>) {
-    let (mut x, mut y) = (i64::from(x0), i64::from(y0));
-    let (x1, y1) = (i64::from(x1), i64::from(y1));
-    let (dx, dy) = ((x1 - x).abs(), -(y1 - y).abs());
-    let (sx, sy) = (if x < x1 { 1 } else { -1 }, if y < y1 { 1 } else { -1 });
-    let mut err = dx + dy;
-    loop {
-        if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-            img.put_pixel(x as u32, y as u32, colour);
-        }
-        if x == x1 && y == y1 {
-            break;
-        }
-        let e2 = 2 * err;
-        if e2 >= dy {
-            err += dy;
-            x += sx;
-        }
-        if e2 <= dx {
-            err += dx;
-            y += sy;
-        }
-    }
-}
-
-/// Digits, '.' and '-' in a 3x5 font, drawn at twice the size.
-fn text(img: &mut RgbImage, x: u32, y: u32, s: &str) {
-    const GLYPHS: [(char, [u8; 5]); 12] = [
-        ('0', [7, 5, 5, 5, 7]),
-        ('1', [2, 6, 2, 2, 7]),
-        ('2', [7, 1, 7, 4, 7]),
-        ('3', [7, 1, 7, 1, 7]),
-        ('4', [5, 5, 7, 1, 1]),
-        ('5', [7, 4, 7, 1, 7]),
-        ('6', [7, 4, 7, 5, 7]),
-        ('7', [7, 1, 1, 1, 1]),
-        ('8', [7, 5, 7, 5, 7]),
-        ('9', [7, 5, 7, 1, 7]),
-        ('.', [0, 0, 0, 0, 2]),
-        ('-', [0, 0, 7, 0, 0]),
+fn draw(
+    pixels: &mut [u8],
+    points: &[Point],
+    best_epoch: Option<usize>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = BitMapBackend::with_buffer(pixels, (WIDTH, HEIGHT)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 3));
+    let loss_range = |value: fn(&Point) -> f64| {
+        let top = points
+            .iter()
+            .map(value)
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max);
+        0.0..(top * 1.1).max(1e-6)
+    };
+    let specs: [(&str, &str, std::ops::Range<f64>, Vec<Series>); 3] = [
+        (
+            "Training loss (augmented patches)",
+            "loss",
+            loss_range(|p| p.train_loss),
+            vec![("training loss", BLUE, |p| p.train_loss)],
+        ),
+        (
+            "Validation loss (whole slices)",
+            "loss",
+            loss_range(|p| p.val_loss),
+            vec![("validation loss", ORANGE, |p| p.val_loss)],
+        ),
+        (
+            "Validation Dice",
+            "Dice",
+            0.0..1.0,
+            vec![
+                ("mean per-case Dice", GREEN, |p| p.case_dice),
+                ("pooled soft Dice (the reference's)", PURPLE, |p| {
+                    p.pooled_dice
+                }),
+            ],
+        ),
     ];
-    for (n, c) in s.chars().enumerate() {
-        let Some((_, rows)) = GLYPHS.iter().find(|(g, _)| *g == c) else {
-            continue;
-        };
-        for (r, bits) in rows.iter().enumerate() {
-            for col in 0..3 {
-                if bits & (4 >> col) != 0 {
-                    for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                        let px = x + 8 * n as u32 + 2 * col + dx;
-                        let py = y + 2 * r as u32 + dy;
-                        if px < img.width() && py < img.height() {
-                            img.put_pixel(px, py, BLACK);
-                        }
-                    }
-                }
-            }
+    let last_epoch = points.iter().map(|p| p.epoch).max().unwrap_or(1).max(2);
+    let epochs = 1.0..last_epoch as f64;
+    for (panel, (title, y_title, y_range, series)) in panels.iter().zip(specs) {
+        let mut chart = ChartBuilder::on(panel)
+            .caption(title, (FONT, 20))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .build_cartesian_2d(epochs.clone(), y_range.clone())?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(y_title)
+            .x_labels(last_epoch.min(12))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format_value(*y))
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 16))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+        for (name, colour, value) in series {
+            let measured: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| value(p).is_finite())
+                .map(|p| (p.epoch as f64, value(p)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(measured.clone(), colour.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+            chart.draw_series(
+                measured
+                    .into_iter()
+                    .map(|(x, y)| Circle::new((x, y), 3, colour.filled())),
+            )?;
         }
+        if let Some(best) = best_epoch {
+            let x = best as f64;
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x, y_range.start), (x, y_range.end)],
+                    GREY.stroke_width(1),
+                )))?
+                .label(format!("best epoch ({best})"))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREY));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn format_value(v: f64) -> String {
+    match v.abs() {
+        a if a == 0.0 => "0".to_string(),
+        a if a >= 10.0 => format!("{v:.0}"),
+        a if a >= 0.1 => format!("{v:.2}"),
+        a if a >= 1e-4 => format!("{v:.4}"),
+        _ => format!("{v:.1e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_curves_show_each_series_and_mark_the_best_epoch() {
+        let points: Vec<Point> = (1..=6)
+            .map(|epoch| Point {
+                epoch,
+                train_loss: 1.0 / epoch as f64,
+                val_loss: 0.002 / epoch as f64,
+                case_dice: 0.1 * epoch as f64,
+                pooled_dice: if epoch == 3 {
+                    f64::NAN
+                } else {
+                    0.12 * epoch as f64
+                },
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (marked, plain) = (dir.path().join("marked.png"), dir.path().join("plain.png"));
+        write_curves(&marked, &points, Some(4)).unwrap();
+        write_curves(&plain, &points, None).unwrap();
+        let image = image::open(&marked).unwrap().to_rgb8();
+        assert_eq!(image.dimensions(), (WIDTH, HEIGHT));
+        let has = |c: RGBColor| image.pixels().any(|p| p.0 == [c.0, c.1, c.2]);
+        for colour in [BLUE, ORANGE, GREEN, PURPLE, GREY] {
+            assert!(has(colour), "{colour:?} missing");
+        }
+        // The validation loss, 500 times smaller than the training loss, gets a panel of its
+        // own scale: its curve spans the panel's height, not a line along zero.
+        let rows: Vec<u32> = image
+            .enumerate_pixels()
+            .filter(|(_, _, p)| p.0 == [ORANGE.0, ORANGE.1, ORANGE.2])
+            .map(|(_, y, _)| y)
+            .collect();
+        let span = rows.iter().max().unwrap() - rows.iter().min().unwrap();
+        assert!(span > HEIGHT / 2, "validation loss spans {span} px");
+        assert_ne!(
+            image::open(&plain).unwrap().to_rgb8().into_raw(),
+            image.into_raw()
+        );
     }
 }

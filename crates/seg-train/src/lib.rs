@@ -442,7 +442,7 @@ fn run(
                 pooled_dice: m.val_pooled_soft_dice,
             })
             .collect();
-        write_curves(&run_dir.join(CURVES_FILE), &points)?;
+        write_curves(&run_dir.join(CURVES_FILE), &points, progress.best_epoch)?;
     }
     Ok(Summary {
         run_dir,
