@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ct_io::cli::ConfigArgs;
 use seg_eval::evaluate::{Summary, evaluate_folders, write_results};
 use seg_eval::predict::{PredictOptions, Predictor, plan_series, run_job};
 use seg_eval::stage::{self, Stage};
@@ -26,11 +25,28 @@ enum Command {
     /// Compare predicted masks with references (--pred, --ref), or the run's validation
     /// predictions with labelsTr (--config).
     Evaluate(EvaluateArgs),
-    /// Draw the run's report (overlays, slice viewers, report.html) from its evaluation.
-    Report {
-        #[command(flatten)]
-        config: ConfigArgs,
-    },
+    /// Draw the run's report (overlays, slice viewers, report.html) from its evaluation
+    /// (--config), or the report of predictions without references (--ct, --pred, --out).
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The shared config: the run's report.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ct", "pred", "out"])]
+    config: Option<PathBuf>,
+    /// With --config: override one key (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", requires = "config")]
+    overrides: Vec<String>,
+    /// A folder of CTs (NIfTI) without references, e.g. imagesTs.
+    #[arg(long, value_name = "DIR", requires_all = ["pred", "out"])]
+    ct: Option<PathBuf>,
+    /// Their predicted masks (seg-eval predict's output folder).
+    #[arg(long, value_name = "DIR")]
+    pred: Option<PathBuf>,
+    /// The report's folder (report.html and its pictures).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -112,9 +128,22 @@ fn main() -> ExitCode {
     ct_io::cli::run(|| match args.command {
         Command::Predict(a) => predict(a),
         Command::Evaluate(a) => evaluate(a),
-        Command::Report { config } => {
-            let stage = Stage::from_config(&config.load()?)?;
-            let page = stage::report(&stage)?;
+        Command::Report(a) => {
+            let page = match (a.config, a.ct, a.pred, a.out) {
+                (Some(config), ..) => {
+                    let config = ct_io::config::Config::load(&config, &a.overrides)?;
+                    stage::report(&Stage::from_config(&config)?)?
+                }
+                (None, Some(ct), Some(pred), Some(out)) => {
+                    seg_eval::report::write_unlabelled_report(
+                        &ct,
+                        &pred,
+                        seg_eval::EvalConfig::default().lung_window,
+                        &out,
+                    )?
+                }
+                _ => anyhow::bail!("give --config FILE, or --ct DIR --pred DIR --out DIR"),
+            };
             println!("report: {}", page.display());
             Ok(())
         }

@@ -24,8 +24,10 @@ pub struct ReportInputs<'a> {
     pub title: String,
     /// CT, reference and prediction file of each case, in the evaluation's order.
     pub cases: Vec<CaseFiles>,
+    /// The evaluation: per case, and its summary; empty and None for CTs without references
+    /// (a user's own, imagesTs), whose report shows the predictions alone.
     pub per_case: &'a [CaseMetrics],
-    pub summary: &'a Summary,
+    pub summary: Option<&'a Summary>,
     /// The run's `curves.png`, if there is one.
     pub curves: Option<PathBuf>,
     /// Lines describing the model and the run.
@@ -38,7 +40,8 @@ pub struct ReportInputs<'a> {
 pub struct CaseFiles {
     pub id: String,
     pub ct: PathBuf,
-    pub reference: PathBuf,
+    /// None for a CT without a reference.
+    pub reference: Option<PathBuf>,
     pub prediction: PathBuf,
     /// The lung mask the prediction was filtered with, if the predict stage kept one.
     pub lungs: Option<PathBuf>,
@@ -50,6 +53,68 @@ pub struct CaseFiles {
 struct Overlay {
     file: String,
     caption: String,
+}
+
+/// The report of predictions without references (a user's own CTs, imagesTs): each CT of
+/// `cts` (NIfTI files) with its mask of the same case id in `predictions` (and the lung mask and
+/// notes the predict stage kept beside them), into `out`.
+pub fn write_unlabelled_report(
+    cts: &Path,
+    predictions: &Path,
+    window: [f32; 2],
+    out: &Path,
+) -> anyhow::Result<PathBuf> {
+    let masks = ct_io::task::nifti_files(predictions)?;
+    let notes = crate::stage::read_notes(predictions);
+    let cases = ct_io::task::nifti_files(cts)?
+        .into_iter()
+        .map(|ct| {
+            let id = ct_io::task::strip_nifti_extension(&ct).unwrap_or_default();
+            let prediction = masks
+                .iter()
+                .find(|m| ct_io::task::strip_nifti_extension(m).as_deref() == Some(id.as_str()))
+                .with_context(|| {
+                    format!(
+                        "{}: no mask for {id} in {}",
+                        ct.display(),
+                        predictions.display()
+                    )
+                })?;
+            let name = prediction
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let lungs = predictions.join(crate::stage::LUNGS_DIR).join(&name);
+            Ok(CaseFiles {
+                id,
+                ct,
+                reference: None,
+                prediction: prediction.clone(),
+                lungs: lungs.is_file().then_some(lungs),
+                notes: notes.get(&name).cloned(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ensure!(
+        !cases.is_empty(),
+        "{}: no CTs (.nii, .nii.gz) here",
+        cts.display()
+    );
+    let inputs = ReportInputs {
+        title: format!("lungseg predictions: {}", predictions.display()),
+        cases,
+        per_case: &[],
+        summary: None,
+        curves: None,
+        facts: vec![
+            ("CTs".to_string(), cts.display().to_string()),
+            ("predictions".to_string(), predictions.display().to_string()),
+        ],
+        slices_per_case: 1,
+        window,
+    };
+    write_report(&inputs, out)
 }
 
 /// Writes the report into `out` (replaced as a whole: the new report appears complete).
@@ -116,22 +181,22 @@ fn draw_case(
 ) -> anyhow::Result<(Vec<Overlay>, ViewerCase)> {
     let ct = read_volume(&case.ct)?;
     let options = ct_io::ReadOptions::default();
-    let reference = read_mask_with(&case.reference, &options)?;
-    let prediction = read_mask_with(&case.prediction, &options)?;
-    let lungs = match &case.lungs {
-        Some(path) => Some(read_mask_with(path, &options)?),
-        None => None,
+    let read = |path: &Option<PathBuf>| match path {
+        Some(path) => read_mask_with(path, &options).map(Some),
+        None => Ok(None),
     };
+    let reference = read(&case.reference)?;
+    let prediction = read_mask_with(&case.prediction, &options)?;
+    let lungs = read(&case.lungs)?;
+    let shape_of = |mask: &Option<ct_io::Mask>| mask.as_ref().map(|m| m.geometry.shape);
     for (path, shape) in [
-        (&case.reference, reference.geometry.shape),
-        (&case.prediction, prediction.geometry.shape),
+        (case.reference.as_ref(), shape_of(&reference)),
+        (Some(&case.prediction), Some(prediction.geometry.shape)),
+        (case.lungs.as_ref(), shape_of(&lungs)),
     ]
     .into_iter()
-    .chain(
-        case.lungs
-            .iter()
-            .zip(lungs.iter().map(|l| l.geometry.shape)),
-    ) {
+    .filter_map(|(path, shape)| path.zip(shape))
+    {
         ensure!(
             shape == ct.geometry.shape,
             "{}: shape {shape:?} differs from its CT {} ({:?})",
@@ -144,7 +209,9 @@ fn draw_case(
     let spacing = reorientation.canonical_geometry(&ct.geometry).spacing;
     let source = SliceSource {
         ct: reorientation.canonical_view(ct.data.view()),
-        reference: Some(reorientation.canonical_view(reference.data.view())),
+        reference: reference
+            .as_ref()
+            .map(|r| reorientation.canonical_view(r.data.view())),
         prediction: reorientation.canonical_view(prediction.data.view()),
         lungs: lungs
             .as_ref()
@@ -157,9 +224,9 @@ fn draw_case(
             .map(|plane| plane.iter().filter(|v| **v != 0).count())
             .collect()
     };
-    let reference_counts = count(source.reference.expect("set above"));
     let predicted_counts = count(source.prediction);
-    let depth = reference_counts.len();
+    let depth = predicted_counts.len();
+    let reference_counts = source.reference.map_or(vec![0; depth], count);
     // The slices with the most tumour: reference first, then prediction; else the middle one.
     let mut order: Vec<usize> = (0..depth).collect();
     order.sort_by_key(|&k| {
@@ -178,10 +245,17 @@ fn draw_case(
             .with_context(|| format!("{}: cannot write", dir.join(&file).display()))?;
         overlays.push(Overlay {
             file,
-            caption: format!(
-                "{}, axial slice {k} of {depth} (from the inferior end): reference {} px, predicted {} px",
-                case.id, reference_counts[k], predicted_counts[k]
-            ),
+            caption: match source.reference {
+                Some(_) => format!(
+                    "{}, axial slice {k} of {depth} (from the inferior end): reference {} px, \
+                     predicted {} px",
+                    case.id, reference_counts[k], predicted_counts[k]
+                ),
+                None => format!(
+                    "{}, axial slice {k} of {depth} (from the inferior end): predicted {} px",
+                    case.id, predicted_counts[k]
+                ),
+            },
         });
     }
     let facts = match inputs.per_case.iter().find(|m| m.case == case.id) {
@@ -195,9 +269,10 @@ fn draw_case(
             m.detected_lesions,
             m.false_positive_lesions
         ),
-        None => String::new(),
+        None => "no reference".to_string(),
     };
-    let viewer = viewer::write_case(
+    let voxel_ml = spacing.iter().product::<f64>() / 1000.0;
+    let mut viewer = viewer::write_case(
         &ViewerSource {
             id: &case.id,
             ct: source.ct,
@@ -205,10 +280,17 @@ fn draw_case(
             prediction: source.prediction,
             lungs: source.lungs,
             spacing: source.spacing,
+            voxel_ml,
         },
         facts,
         dir,
     )?;
+    if source.reference.is_none() {
+        viewer.facts = format!(
+            "no reference · predicted {:.2} ml in {} component(s)",
+            viewer.predicted_ml, viewer.predicted_lesions
+        );
+    }
     Ok((overlays, viewer))
 }
 
@@ -259,41 +341,53 @@ fn page(
     }
     html.push_str("</table>\n");
 
-    let s = inputs.summary;
-    let _ = writeln!(
-        html,
-        "<h2>Summary ({} cases, original resolution)</h2>\n<p>Dice as in the Medical Segmentation \
-         Decathlon and nnU-Net: per case, on thresholded masks in each CT's own voxel grid; a case \
-         whose reference and prediction are both empty is left out of the mean.</p>\n<table>\
-         <tr><th>metric</th><th>mean</th><th>median</th><th>std</th><th>cases</th></tr>",
-        s.cases
-    );
-    let rows: [(&str, &Statistic); 7] = [
-        ("Dice", &s.dice),
-        ("IoU", &s.iou),
-        ("precision", &s.precision),
-        ("recall", &s.recall),
-        ("HD95 (mm)", &s.hd95_mm),
-        ("reference volume (ml)", &s.reference_ml),
-        ("predicted volume (ml)", &s.predicted_ml),
-    ];
-    for (name, stat) in rows {
-        let _ = writeln!(
-            html,
-            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            number(stat.mean),
-            number(stat.median),
-            number(stat.std),
-            stat.n
-        );
+    match inputs.summary {
+        Some(s) => {
+            let _ = writeln!(
+                html,
+                "<h2>Summary ({} cases, original resolution)</h2>\n<p>Dice as in the Medical Segmentation \
+             Decathlon and nnU-Net: per case, on thresholded masks in each CT's own voxel grid; a case \
+             whose reference and prediction are both empty is left out of the mean.</p>\n<table>\
+             <tr><th>metric</th><th>mean</th><th>median</th><th>std</th><th>cases</th></tr>",
+                s.cases
+            );
+            let rows: [(&str, &Statistic); 7] = [
+                ("Dice", &s.dice),
+                ("IoU", &s.iou),
+                ("precision", &s.precision),
+                ("recall", &s.recall),
+                ("HD95 (mm)", &s.hd95_mm),
+                ("reference volume (ml)", &s.reference_ml),
+                ("predicted volume (ml)", &s.predicted_ml),
+            ];
+            for (name, stat) in rows {
+                let _ = writeln!(
+                    html,
+                    "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    number(stat.mean),
+                    number(stat.median),
+                    number(stat.std),
+                    stat.n
+                );
+            }
+            let l = &s.lesions;
+            let _ = writeln!(
+                html,
+                "</table>\n<p>Lesions (connected components): {} in the references, {} detected, {} missed; \
+             {} predicted components touch no reference lesion.</p>",
+                l.reference, l.detected, l.missed, l.false_positive
+            );
+        }
+        None => {
+            let _ = writeln!(
+                html,
+                "<h2>Predictions ({} CTs without references)</h2>\n<p>No reference masks: the \
+                 volumes and connected components (lesions) predicted in each CT, at its own \
+                 resolution.</p>",
+                inputs.cases.len()
+            );
+        }
     }
-    let l = &s.lesions;
-    let _ = writeln!(
-        html,
-        "</table>\n<p>Lesions (connected components): {} in the references, {} detected, {} missed; \
-         {} predicted components touch no reference lesion.</p>",
-        l.reference, l.detected, l.missed, l.false_positive
-    );
     let constrained: Vec<&PredictionNotes> = inputs
         .cases
         .iter()
@@ -315,19 +409,24 @@ fn page(
         );
     }
 
-    let mut headers = vec![
-        "case",
-        "Dice",
-        "IoU",
-        "precision",
-        "recall",
-        "HD95 (mm)",
-        "reference ml",
-        "predicted ml",
-        "lesions",
-        "detected",
-        "false positives",
-    ];
+    let labelled = inputs.summary.is_some();
+    let mut headers = if labelled {
+        vec![
+            "case",
+            "Dice",
+            "IoU",
+            "precision",
+            "recall",
+            "HD95 (mm)",
+            "reference ml",
+            "predicted ml",
+            "lesions",
+            "detected",
+            "false positives",
+        ]
+    } else {
+        vec!["case", "predicted ml", "predicted lesions"]
+    };
     if has_notes {
         headers.extend(["slices seen", "lungs ml", "dropped outside lungs"]);
     }
@@ -342,27 +441,56 @@ fn page(
     let cell =
         |shown: String, sort: String| format!("<td data-sort=\"{}\">{shown}</td>", escape(&sort));
     let float = |v: Option<f64>| (number(v), v.map_or(String::new(), |v| v.to_string()));
-    for c in inputs.per_case {
-        let mut cells = vec![(
+    let link = |id: &str| {
+        (
             format!(
                 "<a class=\"open-viewer\" href=\"#viewer-{id}\">{id}</a>",
-                id = escape(&c.case)
+                id = escape(id)
             ),
-            c.case.clone(),
-        )];
-        cells.extend([c.dice, c.iou, c.precision, c.recall, c.hd95_mm].map(float));
-        cells.extend([c.reference_ml, c.predicted_ml].map(|v| (format!("{v:.2}"), v.to_string())));
-        cells.extend(
-            [
-                c.reference_lesions,
-                c.detected_lesions,
-                c.false_positive_lesions,
-            ]
-            .map(|n| (n.to_string(), n.to_string())),
-        );
+            id.to_string(),
+        )
+    };
+    let rows: Vec<(&str, Vec<(String, String)>)> = if labelled {
+        inputs
+            .per_case
+            .iter()
+            .map(|c| {
+                let mut cells = vec![link(&c.case)];
+                cells.extend([c.dice, c.iou, c.precision, c.recall, c.hd95_mm].map(float));
+                cells.extend(
+                    [c.reference_ml, c.predicted_ml].map(|v| (format!("{v:.2}"), v.to_string())),
+                );
+                cells.extend(
+                    [
+                        c.reference_lesions,
+                        c.detected_lesions,
+                        c.false_positive_lesions,
+                    ]
+                    .map(|n| (n.to_string(), n.to_string())),
+                );
+                (c.case.as_str(), cells)
+            })
+            .collect()
+    } else {
+        viewers
+            .iter()
+            .map(|v| {
+                let cells = vec![
+                    link(&v.id),
+                    (format!("{:.2}", v.predicted_ml), v.predicted_ml.to_string()),
+                    (
+                        v.predicted_lesions.to_string(),
+                        v.predicted_lesions.to_string(),
+                    ),
+                ];
+                (v.id.as_str(), cells)
+            })
+            .collect()
+    };
+    for (case, mut cells) in rows {
         if has_notes {
             let dash = || ("–".to_string(), String::new());
-            match notes(&c.case) {
+            match notes(case) {
                 Some(n) => {
                     cells.push((
                         format!("{}–{}", n.kept_slices[0], n.kept_slices[1]),

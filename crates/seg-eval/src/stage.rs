@@ -342,7 +342,7 @@ pub fn report(stage: &Stage) -> anyhow::Result<PathBuf> {
             Ok(CaseFiles {
                 id: case.id.clone(),
                 ct: case.image.clone(),
-                reference: case.label.clone().context("a training case has a label")?,
+                reference: Some(case.label.clone().context("a training case has a label")?),
                 prediction: prediction.clone(),
                 lungs: lungs.is_file().then_some(lungs),
                 notes: notes.get(&name).cloned(),
@@ -394,7 +394,7 @@ pub fn report(stage: &Stage) -> anyhow::Result<PathBuf> {
         ),
         cases,
         per_case: &per_case,
-        summary: &summary,
+        summary: Some(&summary),
         curves: Some(stage.run_dir.join(seg_train::CURVES_FILE)),
         facts,
         slices_per_case: stage.eval.report_slices,

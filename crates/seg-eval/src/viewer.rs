@@ -36,6 +36,8 @@ pub struct ViewerSource<'a> {
     pub lungs: Option<ArrayView3<'a, u8>>,
     /// Canonical in-plane spacing (mm) along x and y.
     pub spacing: [f64; 2],
+    /// One voxel's volume (ml).
+    pub voxel_ml: f64,
 }
 
 /// What the page needs to know of one case's pictures (written into it as JSON).
@@ -59,6 +61,9 @@ pub struct ViewerCase {
     pub start: usize,
     /// One line under the picture: Dice, volumes, lesions.
     pub facts: String,
+    /// The prediction's volume (ml) and connected components.
+    pub predicted_ml: f64,
+    pub predicted_lesions: usize,
 }
 
 /// Writes the pictures of one case into `report_dir/viewer/<id>/`.
@@ -118,11 +123,13 @@ pub fn write_case(
         None => Vec::new(),
     };
 
+    let predicted = central_slices(source.prediction);
+    let predicted_lesions = predicted.len();
     let mut lesions: Vec<usize> = source
         .reference
         .iter()
-        .chain([&source.prediction])
         .flat_map(|mask| central_slices(*mask))
+        .chain(predicted)
         .collect();
     lesions.sort_unstable();
     lesions.dedup();
@@ -156,6 +163,9 @@ pub fn write_case(
         lesions,
         start,
         facts,
+        predicted_ml: source.prediction.iter().filter(|v| **v != 0).count() as f64
+            * source.voxel_ml,
+        predicted_lesions,
     })
 }
 

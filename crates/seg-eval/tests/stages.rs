@@ -201,6 +201,15 @@ fn the_stages_predict_evaluate_and_report_a_run() {
         );
         assert!(case["start"].as_u64().unwrap() < slices as u64);
     }
+    // The test cases have no reference: their report shows the predictions alone.
+    let unlabelled = unlabelled_report(&stage, dir.path());
+    let html = std::fs::read_to_string(&unlabelled).unwrap();
+    let viewers = viewer_cases(&html);
+    assert_eq!(viewers.len(), 1);
+    assert_eq!(viewers[0]["id"], "lung_005");
+    assert!(viewers[0]["reference"].as_array().unwrap().is_empty());
+    assert!(html.contains("without references") && !html.contains(">Dice<"));
+    assert!(html.contains("predicted lesions"));
     // A second report replaces the first whole.
     stage::report(&stage).unwrap();
     let leftovers: Vec<_> = std::fs::read_dir(&stage.run_dir)
@@ -209,6 +218,17 @@ fn the_stages_predict_evaluate_and_report_a_run() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The report of the run's test predictions (imagesTs, no references) in `dir/unlabelled`.
+fn unlabelled_report(stage: &Stage, dir: &Path) -> PathBuf {
+    seg_eval::report::write_unlabelled_report(
+        &dir.join("task").join("imagesTs"),
+        &stage.predictions(TEST),
+        [-1350.0, 150.0],
+        &dir.join("unlabelled"),
+    )
+    .unwrap()
 }
 
 /// The viewers' data as the page's script reads it.
@@ -228,22 +248,27 @@ fn the_report_is_interactive_in_a_real_browser() {
     let stage = prepared_run(dir.path());
     stage::predict(&stage, None).unwrap();
     stage::evaluate(&stage).unwrap();
-    let page = stage::report(&stage).unwrap();
     let python = std::env::var("LUNGSEG_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/report_in_browser.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(&page)
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("viewers: 2"), "{text}");
+    // The run's report (2 validation cases) and that of its test case, without reference.
+    for (page, viewers) in [
+        (stage::report(&stage).unwrap(), 2),
+        (unlabelled_report(&stage, dir.path()), 1),
+    ] {
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(&page)
+            .output()
+            .unwrap_or_else(|e| panic!("{python}: {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{text}");
+        assert!(out.status.success(), "{}: {text}", page.display());
+        assert!(text.contains(&format!("viewers: {viewers}")), "{text}");
+    }
 }
 
 fn seg_eval(args: &[&str]) -> (i32, String) {
