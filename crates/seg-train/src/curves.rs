@@ -69,18 +69,27 @@ fn draw(
             .fold(0.0f64, f64::max);
         0.0..(top * 1.1).max(1e-6)
     };
-    let specs: [(&str, &str, std::ops::Range<f64>, Vec<Series>); 3] = [
+    // Each panel: title, y axis, range, curves, and where its legend hides the least.
+    let specs: [(
+        &str,
+        &str,
+        std::ops::Range<f64>,
+        Vec<Series>,
+        SeriesLabelPosition,
+    ); 3] = [
         (
             "Training loss (augmented patches)",
             "loss",
             loss_range(|p| p.train_loss),
             vec![("training loss", BLUE, |p| p.train_loss)],
+            SeriesLabelPosition::UpperRight,
         ),
         (
             "Validation loss (whole slices)",
             "loss",
             loss_range(|p| p.val_loss),
             vec![("validation loss", ORANGE, |p| p.val_loss)],
+            SeriesLabelPosition::UpperRight,
         ),
         (
             "Validation Dice",
@@ -92,11 +101,12 @@ fn draw(
                     p.pooled_dice
                 }),
             ],
+            SeriesLabelPosition::LowerRight,
         ),
     ];
     let last_epoch = points.iter().map(|p| p.epoch).max().unwrap_or(1).max(2);
     let epochs = 1.0..last_epoch as f64;
-    for (panel, (title, y_title, y_range, series)) in panels.iter().zip(specs) {
+    for (panel, (title, y_title, y_range, series, legend)) in panels.iter().zip(specs) {
         let mut chart = ChartBuilder::on(panel)
             .caption(title, (FONT, 20))
             .margin(12)
@@ -144,7 +154,7 @@ fn draw(
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend)
             .label_font((FONT, 14))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
