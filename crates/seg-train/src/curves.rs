@@ -35,6 +35,16 @@ const GREY: RGBColor = RGBColor(120, 120, 120);
 /// A curve: its name in the legend, colour and value.
 type Series = (&'static str, RGBColor, fn(&Point) -> f64);
 
+/// One of the three panels.
+struct Panel {
+    title: &'static str,
+    y_title: &'static str,
+    range: std::ops::Range<f64>,
+    series: Vec<Series>,
+    /// Where the legend hides the least.
+    legend: SeriesLabelPosition,
+}
+
 /// Draws the curves and writes them atomically to `path`; `best_epoch` is marked.
 pub fn write_curves(
     path: &Path,
@@ -69,45 +79,48 @@ fn draw(
             .fold(0.0f64, f64::max);
         0.0..(top * 1.1).max(1e-6)
     };
-    // Each panel: title, y axis, range, curves, and where its legend hides the least.
-    let specs: [(
-        &str,
-        &str,
-        std::ops::Range<f64>,
-        Vec<Series>,
-        SeriesLabelPosition,
-    ); 3] = [
-        (
-            "Training loss (augmented patches)",
-            "loss",
-            loss_range(|p| p.train_loss),
-            vec![("training loss", BLUE, |p| p.train_loss)],
-            SeriesLabelPosition::UpperRight,
-        ),
-        (
-            "Validation loss (whole slices)",
-            "loss",
-            loss_range(|p| p.val_loss),
-            vec![("validation loss", ORANGE, |p| p.val_loss)],
-            SeriesLabelPosition::UpperRight,
-        ),
-        (
-            "Validation Dice",
-            "Dice",
-            0.0..1.0,
-            vec![
+    let panels_drawn = [
+        Panel {
+            title: "Training loss (augmented patches)",
+            y_title: "loss",
+            range: loss_range(|p| p.train_loss),
+            series: vec![("training loss", BLUE, |p| p.train_loss)],
+            legend: SeriesLabelPosition::UpperRight,
+        },
+        Panel {
+            title: "Validation loss (whole slices)",
+            y_title: "loss",
+            range: loss_range(|p| p.val_loss),
+            series: vec![("validation loss", ORANGE, |p| p.val_loss)],
+            legend: SeriesLabelPosition::UpperRight,
+        },
+        Panel {
+            title: "Validation Dice",
+            y_title: "Dice",
+            range: 0.0..1.0,
+            series: vec![
                 ("mean per-case Dice", GREEN, |p| p.case_dice),
                 ("pooled soft Dice (the reference's)", PURPLE, |p| {
                     p.pooled_dice
                 }),
             ],
-            SeriesLabelPosition::LowerRight,
-        ),
+            legend: SeriesLabelPosition::LowerRight,
+        },
     ];
     let last_epoch = points.iter().map(|p| p.epoch).max().unwrap_or(1).max(2);
     let epochs = 1.0..last_epoch as f64;
-    for (panel, (title, y_title, y_range, series, legend)) in panels.iter().zip(specs) {
-        let mut chart = ChartBuilder::on(panel)
+    for (
+        area,
+        Panel {
+            title,
+            y_title,
+            range: y_range,
+            series,
+            legend,
+        },
+    ) in panels.iter().zip(panels_drawn)
+    {
+        let mut chart = ChartBuilder::on(area)
             .caption(title, (FONT, 20))
             .margin(12)
             .x_label_area_size(45)
@@ -166,7 +179,7 @@ fn draw(
 
 fn format_value(v: f64) -> String {
     match v.abs() {
-        a if a == 0.0 => "0".to_string(),
+        0.0 => "0".to_string(),
         a if a >= 10.0 => format!("{v:.0}"),
         a if a >= 0.1 => format!("{v:.2}"),
         a if a >= 1e-4 => format!("{v:.4}"),
