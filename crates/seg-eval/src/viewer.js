@@ -85,10 +85,16 @@
         ascending = !ascending;
       });
     });
-    table.querySelectorAll("a.open-viewer").forEach((link) => {
-      link.addEventListener("click", () => {
+    // A click anywhere on a case's row opens its viewer, as its link does (the link for keyboards).
+    table.querySelectorAll("tbody tr").forEach((row) => {
+      const link = row.querySelector("a.open-viewer");
+      if (!link) { return; }
+      row.style.cursor = "pointer";
+      row.addEventListener("click", (e) => {
         const section = document.getElementById(link.getAttribute("href").slice(1));
-        if (section) { setTimeout(() => section.focus(), 0); }
+        if (!section) { return; }
+        if (e.target !== link) { section.scrollIntoView(); }
+        setTimeout(() => section.focus(), 0);
       });
     });
   });

@@ -147,7 +147,15 @@ def main(page_path):
         down = [float(v) for v in column() if v != ""]
         if up != sorted(up) or down != sorted(down, reverse=True):
             fail(f"the table does not sort by {headers[dice_column]}: {up}, then {down}")
-        # A case's link focuses its viewer.
+        # A case's row (and its link) focuses its viewer.
+        page.locator("table.cases tbody tr").last.locator("td").nth(1).click()
+        last = page.locator("table.cases tbody tr").last.locator("a.open-viewer").inner_text()
+        try:
+            page.wait_for_function(
+                f"document.activeElement.id === 'viewer-{last}'", timeout=3000
+            )
+        except Exception:
+            fail(f"a click on {last}'s row did not open its viewer")
         page.locator("a.open-viewer").first.click()
         try:
             page.wait_for_function("document.activeElement.className === 'viewer'", timeout=3000)
