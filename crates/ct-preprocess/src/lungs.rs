@@ -16,7 +16,7 @@
 use ndarray::{Array3, ArrayView3, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
-use crate::mask::{Components, squared_distance_field};
+use crate::mask::{Components, bounding_box, squared_distance_field};
 use crate::slices::PlaneBox;
 
 /// HU below which a voxel is air (lung parenchyma is about -850, fat -100, soft tissue above 0).
@@ -91,27 +91,14 @@ impl LungMask {
     /// The smallest box of canonical columns and rows that holds the lungs on every slice; None
     /// when no lung was found.
     pub fn plane_extent(&self) -> Option<PlaneBox> {
-        let [nx, ny, _] = self.grid.shape;
-        let (mut lo, mut hi) = ([usize::MAX; 2], [0usize; 2]);
-        for plane in self.work.chunks(nx * ny) {
-            for (j, row) in plane.chunks(nx).enumerate() {
-                let (Some(first), Some(last)) = (
-                    row.iter().position(|&v| v != 0),
-                    row.iter().rposition(|&v| v != 0),
-                ) else {
-                    continue;
-                };
-                lo = [lo[0].min(first), lo[1].min(j)];
-                hi = [hi[0].max(last), hi[1].max(j)];
-            }
-        }
-        (lo[0] != usize::MAX).then(|| {
-            let [fx, fy, _] = self.grid.factor;
-            let [w, h, _] = self.grid.full;
-            PlaneBox {
-                x: [lo[0] * fx, ((hi[0] + 1) * fx).min(w)],
-                y: [lo[1] * fy, ((hi[1] + 1) * fy).min(h)],
-            }
+        let [nx, ny, nz] = self.grid.shape;
+        let work = ArrayView3::from_shape((nx, ny, nz).f(), &self.work).expect("sized to the grid");
+        let (corner, extent) = bounding_box(work)?;
+        let [fx, fy, _] = self.grid.factor;
+        let [w, h, _] = self.grid.full;
+        Some(PlaneBox {
+            x: [corner[0] * fx, ((corner[0] + extent[0]) * fx).min(w)],
+            y: [corner[1] * fy, ((corner[1] + extent[1]) * fy).min(h)],
         })
     }
 }

@@ -153,9 +153,16 @@ impl SliceSource<'_> {
     }
 }
 
+/// Voxels of `mask` on each axial slice.
+pub fn voxels_per_slice(mask: ArrayView3<u8>) -> Vec<usize> {
+    mask.axis_iter(ndarray::Axis(2))
+        .map(|plane| plane.iter().filter(|v| **v != 0).count())
+        .collect()
+}
+
 /// The mask's in-plane boundary on axial slice `k`: voxels with a 4-neighbour outside the mask,
 /// indexed x + nx * y.
-fn contour(mask: ArrayView3<u8>, k: usize) -> Vec<bool> {
+pub fn contour(mask: ArrayView3<u8>, k: usize) -> Vec<bool> {
     let (nx, ny, _) = mask.dim();
     let on = |x: usize, y: usize| mask[[x, y, k]] != 0;
     let mut out = vec![false; nx * ny];

@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
 use ct_io::{Reorientation, read_mask_with, read_volume};
-use ndarray::Axis;
 
 use crate::evaluate::{Statistic, Summary};
 use crate::metrics::CaseMetrics;
 use crate::predict::PredictionNotes;
-use crate::render::{LUNGS, PREDICTION, REFERENCE, SliceSource, palette};
-use crate::viewer::{self, ViewerCase, ViewerSource};
+use crate::render::{LUNGS, PREDICTION, REFERENCE, SliceSource, palette, voxels_per_slice};
+use crate::viewer::{self, ViewerCase};
 
 pub const REPORT_FILE: &str = "report.html";
 const OVERLAYS_DIR: &str = "overlays";
@@ -219,14 +218,9 @@ fn draw_case(
         spacing: [spacing[0], spacing[1]],
         window: inputs.window,
     };
-    let count = |mask: ndarray::ArrayView3<u8>| -> Vec<usize> {
-        mask.axis_iter(Axis(2))
-            .map(|plane| plane.iter().filter(|v| **v != 0).count())
-            .collect()
-    };
-    let predicted_counts = count(source.prediction);
+    let predicted_counts = voxels_per_slice(source.prediction);
     let depth = predicted_counts.len();
-    let reference_counts = source.reference.map_or(vec![0; depth], count);
+    let reference_counts = source.reference.map_or(vec![0; depth], voxels_per_slice);
     // The slices with the most tumour: reference first, then prediction; else the middle one.
     let mut order: Vec<usize> = (0..depth).collect();
     order.sort_by_key(|&k| {
@@ -258,7 +252,15 @@ fn draw_case(
             },
         });
     }
-    let facts = match inputs.per_case.iter().find(|m| m.case == case.id) {
+    let voxel_ml = spacing.iter().product::<f64>() / 1000.0;
+    let mut viewer = viewer::write_case(
+        &case.id,
+        &source,
+        [&reference_counts, &predicted_counts],
+        voxel_ml,
+        dir,
+    )?;
+    viewer.facts = match inputs.per_case.iter().find(|m| m.case == case.id) {
         Some(m) => format!(
             "Dice {} · reference {:.2} ml, predicted {:.2} ml · lesions {} ({} found), {} false \
              positive(s)",
@@ -269,28 +271,11 @@ fn draw_case(
             m.detected_lesions,
             m.false_positive_lesions
         ),
-        None => "no reference".to_string(),
-    };
-    let voxel_ml = spacing.iter().product::<f64>() / 1000.0;
-    let mut viewer = viewer::write_case(
-        &ViewerSource {
-            id: &case.id,
-            ct: source.ct,
-            reference: source.reference,
-            prediction: source.prediction,
-            lungs: source.lungs,
-            spacing: source.spacing,
-            voxel_ml,
-        },
-        facts,
-        dir,
-    )?;
-    if source.reference.is_none() {
-        viewer.facts = format!(
+        None => format!(
             "no reference · predicted {:.2} ml in {} component(s)",
             viewer.predicted_ml, viewer.predicted_lesions
-        );
-    }
+        ),
+    };
     Ok((overlays, viewer))
 }
 
@@ -345,10 +330,11 @@ fn page(
         Some(s) => {
             let _ = writeln!(
                 html,
-                "<h2>Summary ({} cases, original resolution)</h2>\n<p>Dice as in the Medical Segmentation \
-             Decathlon and nnU-Net: per case, on thresholded masks in each CT's own voxel grid; a case \
-             whose reference and prediction are both empty is left out of the mean.</p>\n<table>\
-             <tr><th>metric</th><th>mean</th><th>median</th><th>std</th><th>cases</th></tr>",
+                "<h2>Summary ({} cases, original resolution)</h2>\n<p>Dice as in the Medical \
+                 Segmentation Decathlon and nnU-Net: per case, on thresholded masks in each CT's own \
+                 voxel grid; a case whose reference and prediction are both empty is left out of the \
+                 mean.</p>\n<table><tr><th>metric</th><th>mean</th><th>median</th><th>std</th>\
+                 <th>cases</th></tr>",
                 s.cases
             );
             let rows: [(&str, &Statistic); 7] = [
@@ -373,8 +359,8 @@ fn page(
             let l = &s.lesions;
             let _ = writeln!(
                 html,
-                "</table>\n<p>Lesions (connected components): {} in the references, {} detected, {} missed; \
-             {} predicted components touch no reference lesion.</p>",
+                "</table>\n<p>Lesions (connected components): {} in the references, {} detected, \
+                 {} missed; {} predicted components touch no reference lesion.</p>",
                 l.reference, l.detected, l.missed, l.false_positive
             );
         }
@@ -441,6 +427,7 @@ fn page(
     let cell =
         |shown: String, sort: String| format!("<td data-sort=\"{}\">{shown}</td>", escape(&sort));
     let float = |v: Option<f64>| (number(v), v.map_or(String::new(), |v| v.to_string()));
+    let whole = |n: usize| (n.to_string(), n.to_string());
     let link = |id: &str| {
         (
             format!(
@@ -466,7 +453,7 @@ fn page(
                         c.detected_lesions,
                         c.false_positive_lesions,
                     ]
-                    .map(|n| (n.to_string(), n.to_string())),
+                    .map(whole),
                 );
                 (c.case.as_str(), cells)
             })
@@ -478,10 +465,7 @@ fn page(
                 let cells = vec![
                     link(&v.id),
                     (format!("{:.2}", v.predicted_ml), v.predicted_ml.to_string()),
-                    (
-                        v.predicted_lesions.to_string(),
-                        v.predicted_lesions.to_string(),
-                    ),
+                    whole(v.predicted_lesions),
                 ];
                 (v.id.as_str(), cells)
             })
@@ -501,7 +485,7 @@ fn page(
                             .map_or_else(dash, |ml| (format!("{ml:.0}"), ml.to_string())),
                     );
                     cells.push(if n.lung_ml.is_some() {
-                        (n.outside_lungs.to_string(), n.outside_lungs.to_string())
+                        whole(n.outside_lungs)
                     } else {
                         dash()
                     });

@@ -13,7 +13,7 @@ use ct_preprocess::mask::Components;
 use ndarray::{ArrayView3, Axis};
 use serde::Serialize;
 
-use crate::render::{LUNGS, PREDICTION, REFERENCE, palette};
+use crate::render::{LUNGS, PREDICTION, REFERENCE, SliceSource, contour, palette};
 use crate::report::escape;
 
 /// Folder of the report that holds the viewer's pictures, one subfolder per case.
@@ -26,19 +26,6 @@ pub const BASE_WINDOW: [f32; 2] = [-1024.0, 1400.0];
 /// quarter...) of its in-plane resolution.
 pub const MAX_PIXELS: usize = 512;
 const JPEG_QUALITY: u8 = 92;
-
-/// One case's volumes in canonical (RAS) order.
-pub struct ViewerSource<'a> {
-    pub id: &'a str,
-    pub ct: ArrayView3<'a, f32>,
-    pub reference: Option<ArrayView3<'a, u8>>,
-    pub prediction: ArrayView3<'a, u8>,
-    pub lungs: Option<ArrayView3<'a, u8>>,
-    /// Canonical in-plane spacing (mm) along x and y.
-    pub spacing: [f64; 2],
-    /// One voxel's volume (ml).
-    pub voxel_ml: f64,
-}
 
 /// What the page needs to know of one case's pictures (written into it as JSON).
 #[derive(Debug, Clone, Serialize)]
@@ -59,20 +46,24 @@ pub struct ViewerCase {
     pub lesions: Vec<usize>,
     /// The slice shown first: most reference tumour, else most predicted, else the middle.
     pub start: usize,
-    /// One line under the picture: Dice, volumes, lesions.
+    /// One line under the picture (Dice, volumes, lesions), which the report fills in.
     pub facts: String,
     /// The prediction's volume (ml) and connected components.
     pub predicted_ml: f64,
     pub predicted_lesions: usize,
 }
 
-/// Writes the pictures of one case into `report_dir/viewer/<id>/`.
+/// Writes the pictures of case `id` into `report_dir/viewer/<id>/`: the CT and masks of `source`
+/// (its window is not used: the page windows the CT), with the reference's and the prediction's
+/// voxels per slice (all 0 without a reference) and one voxel's volume in ml.
 pub fn write_case(
-    source: &ViewerSource,
-    facts: String,
+    id: &str,
+    source: &SliceSource,
+    [reference_per_slice, predicted_per_slice]: [&[usize]; 2],
+    voxel_ml: f64,
     report_dir: &Path,
 ) -> anyhow::Result<ViewerCase> {
-    let dir = format!("{VIEWER_DIR}/{}", source.id);
+    let dir = format!("{VIEWER_DIR}/{id}");
     let out = report_dir.join(&dir);
     std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
     let (nx, ny, depth) = source.ct.dim();
@@ -97,27 +88,23 @@ pub fn write_case(
         std::fs::write(&path, bytes)
             .with_context(|| format!("{}: cannot write", path.display()))?;
     }
-    let colour = |index: u8| palette()[usize::from(index)];
-    let layer = |mask: ArrayView3<u8>, name: &str, index: u8, filled: bool| {
+    let layer = |mask: ArrayView3<u8>, name: &str, index: u8, filled_too: bool| {
+        let colour = palette()[usize::from(index)];
         write_layer(
             mask,
             [width, height],
             &pixel,
             &out,
             name,
-            colour(index),
-            filled,
+            colour,
+            filled_too,
         )
     };
     let reference = match source.reference {
-        Some(mask) => {
-            layer(mask, "reference_fill", REFERENCE, true)?;
-            layer(mask, "reference", REFERENCE, false)?
-        }
+        Some(mask) => layer(mask, "reference", REFERENCE, true)?,
         None => Vec::new(),
     };
-    layer(source.prediction, "prediction_fill", PREDICTION, true)?;
-    let prediction = layer(source.prediction, "prediction", PREDICTION, false)?;
+    let prediction = layer(source.prediction, "prediction", PREDICTION, true)?;
     let lungs = match source.lungs {
         Some(mask) => layer(mask, "lungs", LUNGS, false)?,
         None => Vec::new(),
@@ -133,25 +120,18 @@ pub fn write_case(
         .collect();
     lesions.sort_unstable();
     lesions.dedup();
-    let area = |mask: ArrayView3<u8>| -> Vec<usize> {
-        mask.axis_iter(Axis(2))
-            .map(|plane| plane.iter().filter(|v| **v != 0).count())
-            .collect()
-    };
-    let most = |counts: Vec<usize>| {
+    let most = |counts: &[usize]| {
         (0..counts.len())
             .max_by_key(|&k| (counts[k], std::cmp::Reverse(k)))
             .filter(|&k| counts[k] > 0)
     };
-    let start = source
-        .reference
-        .and_then(|r| most(area(r)))
-        .or_else(|| most(area(source.prediction)))
+    let start = most(reference_per_slice)
+        .or_else(|| most(predicted_per_slice))
         .unwrap_or(depth / 2);
     let width_mm = nx as f64 * source.spacing[0];
     let height_mm = ny as f64 * source.spacing[1];
     Ok(ViewerCase {
-        id: source.id.to_string(),
+        id: id.to_string(),
         dir,
         slices: depth,
         width,
@@ -162,16 +142,15 @@ pub fn write_case(
         lungs,
         lesions,
         start,
-        facts,
-        predicted_ml: source.prediction.iter().filter(|v| **v != 0).count() as f64
-            * source.voxel_ml,
+        facts: String::new(),
+        predicted_ml: predicted_per_slice.iter().sum::<usize>() as f64 * voxel_ml,
         predicted_lesions,
     })
 }
 
-/// Writes `<name>_KKKK.png` (RGBA, `colour` on transparent) for every slice where `mask` holds
-/// voxels: its contour, or the whole mask with the contour opaque and the inside half
-/// transparent. Returns those slices.
+/// Writes `<name>_KKKK.png` (RGBA, `colour` on transparent: the contour) for every slice where
+/// `mask` holds voxels and, if `filled_too`, `<name>_fill_KKKK.png` (the contour opaque, the
+/// inside half transparent) from the same contour. Returns those slices.
 fn write_layer(
     mask: ArrayView3<u8>,
     [width, height]: [usize; 2],
@@ -179,41 +158,38 @@ fn write_layer(
     out: &Path,
     name: &str,
     [r, g, b]: [u8; 3],
-    filled: bool,
+    filled_too: bool,
 ) -> anyhow::Result<Vec<usize>> {
-    let (nx, ny, depth) = mask.dim();
+    let (nx, _, depth) = mask.dim();
     let mut slices = Vec::new();
     for k in 0..depth {
         let plane = mask.index_axis(Axis(2), k);
         if plane.iter().all(|v| *v == 0) {
             continue;
         }
-        let on = |x: usize, y: usize| plane[[x, y]] != 0;
-        let mut picture = image::RgbaImage::new(width as u32, height as u32);
-        for (col, row, px) in picture.enumerate_pixels_mut() {
+        let edge = contour(mask, k);
+        let mut outline = image::RgbaImage::new(width as u32, height as u32);
+        let mut filled = filled_too.then(|| outline.clone());
+        for (col, row, px) in outline.enumerate_pixels_mut() {
             let [x, y] = pixel(row as usize, col as usize);
-            if !on(x, y) {
-                continue;
+            let on_edge = edge[x + nx * y];
+            if on_edge {
+                *px = image::Rgba([r, g, b, 255]);
             }
-            let edge = x == 0
-                || y == 0
-                || x + 1 == nx
-                || y + 1 == ny
-                || !on(x - 1, y)
-                || !on(x + 1, y)
-                || !on(x, y - 1)
-                || !on(x, y + 1);
-            let alpha = match (edge, filled) {
-                (true, _) => 255,
-                (false, true) => 110,
-                (false, false) => continue,
-            };
-            *px = image::Rgba([r, g, b, alpha]);
+            if let Some(filled) = &mut filled
+                && plane[[x, y]] != 0
+            {
+                let alpha = if on_edge { 255 } else { 110 };
+                filled.put_pixel(col, row, image::Rgba([r, g, b, alpha]));
+            }
         }
-        let path = out.join(format!("{name}_{k:04}.png"));
-        picture
-            .save_with_format(&path, image::ImageFormat::Png)
-            .with_context(|| format!("{}: cannot write", path.display()))?;
+        for (picture, suffix) in [(Some(outline), ""), (filled, "_fill")] {
+            let Some(picture) = picture else { continue };
+            let path = out.join(format!("{name}{suffix}_{k:04}.png"));
+            picture
+                .save_with_format(&path, image::ImageFormat::Png)
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+        }
         slices.push(k);
     }
     Ok(slices)
