@@ -364,7 +364,7 @@ pub fn loader(args: LoaderBench) -> anyhow::Result<()> {
             &preprocessed,
         )?;
     }
-    let dataset = Arc::new(SliceDataset::open(&preprocessed, Split::Train, 0)?);
+    let dataset = Arc::new(SliceDataset::open(&preprocessed, Split::Train, None, 0)?);
     let batch_size = 8;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
@@ -850,6 +850,9 @@ pub struct RealBench {
     /// Keep predicted components outside the lungs (as `seg-eval predict --no-lung-constraint`).
     #[arg(long)]
     no_lung_constraint: bool,
+    /// Test-time augmentation (as `seg-eval predict --tta`).
+    #[arg(long, value_enum, default_value_t = seg_eval::predict::Tta::None)]
+    tta: seg_eval::predict::Tta,
     /// Where the masks go (default: a temporary folder).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -870,16 +873,24 @@ pub fn real(args: RealBench) -> anyhow::Result<()> {
         Some(checkpoint) => checkpoint,
         None => {
             let config = ct_io::config::Config::load(&args.config, &[])?;
-            seg_eval::stage::Stage::from_config(&config)?
-                .run_dir
-                .join("best")
+            let stage = seg_eval::stage::Stage::from_config(&config)?;
+            match stage.layout.trained_folds(ct_io::layout::BEST).is_empty() {
+                true => stage.checkpoint(None),
+                false => stage.run_dir().to_path_buf(),
+            }
         }
     };
+    let checkpoints = seg_eval::stage::checkpoints_of(std::slice::from_ref(&checkpoint))?;
+    // As seg-eval predict: the rule the run chose on validation, if it chose one.
+    let mut postprocessing = seg_eval::stage::chosen_for(&checkpoints)
+        .map_or(PredictOptions::default().postprocessing, |(_, c)| c.chosen);
+    postprocessing.lung_constraint &= !args.no_lung_constraint;
     let options = PredictOptions {
-        lung_constraint: !args.no_lung_constraint,
+        postprocessing,
+        tta: args.tta,
         ..PredictOptions::default()
     };
-    let predictor = Predictor::load(&checkpoint, &candle_core::Device::Cpu, options)?;
+    let predictor = Predictor::load_ensemble(&checkpoints, &candle_core::Device::Cpu, options)?;
     let tmp = tempfile::tempdir()?;
     let out = args.out.unwrap_or_else(|| tmp.path().to_path_buf());
     let files = ct_io::task::nifti_files(&args.dir)?;
@@ -887,10 +898,12 @@ pub fn real(args: RealBench) -> anyhow::Result<()> {
         ct_io::task::strip_nifti_extension(p).is_some_and(|stem| stem.ends_with("_label"))
     };
     println!(
-        "real-CT benchmark: {} with {}, lung constraint {}",
+        "real-CT benchmark: {} with {} ({} model(s)), test-time augmentation {}, \
+         post-processing: {postprocessing}",
         args.dir.display(),
         checkpoint.display(),
-        if args.no_lung_constraint { "off" } else { "on" }
+        predictor.models(),
+        args.tta.name()
     );
     println!(
         "{:<28} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>6}",
@@ -970,7 +983,7 @@ pub fn real(args: RealBench) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"benchmark": "real", "checkpoint": checkpoint, "lung_constraint": !args.no_lung_constraint, "rows": rows})
+        serde_json::json!({"benchmark": "real", "checkpoint": checkpoint, "models": predictor.models(), "tta": args.tta.name(), "postprocessing": postprocessing, "rows": rows})
     );
     Ok(())
 }

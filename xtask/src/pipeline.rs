@@ -12,6 +12,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use ct_io::config::Config;
+use ct_io::layout::{BEST, LAST};
 use ct_phantom::SynthConfig;
 use ct_preprocess::manifest::{FileStamp, MANIFEST_FILE, PREPROCESSED_DIR};
 use ct_preprocess::settings::PreprocessConfig;
@@ -126,6 +127,9 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&paths.work_dir)
         .with_context(|| format!("{}: cannot create", paths.work_dir.display()))?;
+    // One pipeline per work_dir (each stage also locks what it writes).
+    let _lock =
+        ct_io::lock::lock_folder_with(&paths.work_dir, &paths.work_dir.join(".pipeline.lock"))?;
     let record_path = paths.work_dir.join(RECORD_FILE);
     let mut record: Record = std::fs::read_to_string(&record_path)
         .ok()
@@ -152,28 +156,52 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
 
     let mut previous = String::new();
     let mut ran_any = false;
-    for stage in StageName::ALL {
-        let fingerprint = match stage {
-            StageName::Synth => fingerprint(&[
-                &json(&ct_phantom::provenance(&synth)),
-                &paths.data_dir.display().to_string(),
-            ]),
-            StageName::Preprocess => fingerprint(&[
-                &previous,
-                &json(&preprocess),
-                &files_stamp(&paths.data_dir, &["dataset.json", "imagesTr", "labelsTr"]),
-            ]),
-            StageName::Train => {
-                fingerprint(&[&previous, &json(&data), &json(&model), &json(&train)])
-            }
-            StageName::Predict => fingerprint(&[
-                &previous,
-                &json(&eval),
-                &files_stamp(&paths.data_dir, &["imagesTs"]),
-            ]),
-            StageName::Evaluate | StageName::Report => fingerprint(&[&previous, stage.name()]),
+    // Training is one step per fold for a K-fold dataset, each resumed or skipped on its own.
+    let folds: Vec<Option<usize>> = if preprocess.folds > 1 {
+        (0..preprocess.folds).map(Some).collect()
+    } else {
+        vec![None]
+    };
+    let steps: Vec<(StageName, Option<usize>)> = StageName::ALL
+        .into_iter()
+        .flat_map(|stage| match stage {
+            StageName::Train => folds.iter().map(|&f| (stage, f)).collect::<Vec<_>>(),
+            _ => vec![(stage, None)],
+        })
+        .collect();
+    let mut ran_before_stage = false;
+    for (index, &(stage, fold)) in steps.iter().enumerate() {
+        let first_of_stage = index == 0 || steps[index - 1].0 != stage;
+        if first_of_stage {
+            previous = match stage {
+                StageName::Synth => fingerprint(&[
+                    &json(&ct_phantom::provenance(&synth)),
+                    &paths.data_dir.display().to_string(),
+                ]),
+                StageName::Preprocess => fingerprint(&[
+                    &previous,
+                    &json(&preprocess),
+                    &files_stamp(&paths.data_dir, &["dataset.json", "imagesTr", "labelsTr"]),
+                ]),
+                StageName::Train => {
+                    fingerprint(&[&previous, &json(&data), &json(&model), &json(&train)])
+                }
+                StageName::Predict => fingerprint(&[
+                    &previous,
+                    &json(&eval),
+                    &files_stamp(&paths.data_dir, &["imagesTs"]),
+                ]),
+                StageName::Evaluate | StageName::Report => fingerprint(&[&previous, stage.name()]),
+            };
+            ran_before_stage = ran_any;
+        }
+        let (key, fingerprint) = match fold {
+            None => (stage.name().to_string(), previous.clone()),
+            Some(k) => (
+                format!("{} fold {k}", stage.name()),
+                fingerprint(&[&previous, &format!("fold {k}")]),
+            ),
         };
-        previous = fingerprint.clone();
         if !selected(stage) {
             continue;
         }
@@ -184,7 +212,11 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
                 .join(PREPROCESSED_DIR)
                 .join(MANIFEST_FILE)
                 .is_file(),
-            StageName::Train => eval_stage.run_dir.join("best").join(INFO_FILE).is_file(),
+            StageName::Train => eval_stage
+                .layout
+                .checkpoint(fold, BEST)
+                .join(INFO_FILE)
+                .is_file(),
             StageName::Predict => eval_stage.predictions(VALIDATION).is_dir(),
             StageName::Evaluate => eval_stage.evaluation().join(SUMMARY_FILE).is_file(),
             StageName::Report => eval_stage.report().join(REPORT_FILE).is_file(),
@@ -197,7 +229,7 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
                 None => outputs_exist,
             }
         } else {
-            outputs_exist && !ran_any && record.finished.get(stage.name()) == Some(&fingerprint)
+            outputs_exist && !ran_before_stage && record.finished.get(&key) == Some(&fingerprint)
         };
         if up_to_date && !forced(stage) {
             if stage == StageName::Synth {
@@ -211,27 +243,26 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
                     paths.data_dir.display()
                 );
             } else {
-                println!("== {}: up to date, skipped", stage.name());
+                println!("== {key}: up to date, skipped");
             }
             continue;
         }
-        println!("== {}", stage.name());
-        record.finished.remove(stage.name());
+        println!("== {key}");
+        record.finished.remove(&key);
         let mut resume = false;
-        if stage == StageName::Train && eval_stage.run_dir.join("last").exists() {
-            if record.started.get(stage.name()) == Some(&fingerprint) {
+        let training_dir = eval_stage.layout.training_dir(fold);
+        if stage == StageName::Train && training_dir.join(LAST).exists() {
+            if record.started.get(&key) == Some(&fingerprint) {
                 resume = true; // the same training was interrupted: continue it
             } else {
                 bail!(
                     "{} holds a run made with other settings (or outside the pipeline): set \
                      another train.run, or remove that folder to train afresh",
-                    eval_stage.run_dir.display()
+                    training_dir.display()
                 );
             }
         }
-        record
-            .started
-            .insert(stage.name().into(), fingerprint.clone());
+        record.started.insert(key.clone(), fingerprint.clone());
         ct_io::atomic::write_json(&record_path, &record)?;
         match stage {
             StageName::Synth => {
@@ -247,6 +278,9 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
             StageName::Preprocess => run(&binaries.preprocess, &stage_args(&[]), stage)?,
             StageName::Train => {
                 let mut a = stage_args(&[]);
+                if let Some(k) = fold {
+                    a.extend(["--fold".to_string(), k.to_string()]);
+                }
                 if resume {
                     a.push("--resume".into());
                 }
@@ -257,8 +291,8 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
             StageName::Report => run(&binaries.eval, &stage_args(&["report"]), stage)?,
         }
         ran_any = true;
-        record.started.remove(stage.name());
-        record.finished.insert(stage.name().into(), fingerprint);
+        record.started.remove(&key);
+        record.finished.insert(key, fingerprint);
         ct_io::atomic::write_json(&record_path, &record)?;
     }
 

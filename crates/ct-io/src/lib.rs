@@ -15,6 +15,8 @@ pub mod config;
 pub mod dicom;
 pub mod error;
 pub mod geometry;
+pub mod layout;
+pub mod lock;
 pub mod nii;
 pub mod seed;
 pub mod task;

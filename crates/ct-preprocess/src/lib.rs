@@ -67,15 +67,17 @@ pub fn run(config: &Config) -> anyhow::Result<Summary> {
         paths.data_dir.display()
     );
     let ids: Vec<String> = task.training.iter().map(|c| c.id.clone()).collect();
-    let split = SplitRecord::new(&ids, &settings)
-        .map_err(|reason| config.error("preprocess.validation_cases", reason))?;
-    preprocess(
-        &task.training,
-        &paths.data_dir,
-        &split,
-        &settings,
-        &paths.work_dir.join(PREPROCESSED_DIR),
-    )
+    let split = SplitRecord::new(&ids, &settings).map_err(|reason| {
+        let key = if settings.folds > 1 {
+            "preprocess.folds"
+        } else {
+            "preprocess.validation_cases"
+        };
+        config.error(key, reason)
+    })?;
+    let out = paths.work_dir.join(PREPROCESSED_DIR);
+    let _lock = ct_io::lock::lock_folder(&out)?;
+    preprocess(&task.training, &paths.data_dir, &split, &settings, &out)
 }
 
 /// Preprocesses `cases` into `out` and writes the manifest; see the crate docs.

@@ -196,6 +196,16 @@ impl Manifest {
         self.slices.iter().filter(move |s| s.split == split)
     }
 
+    /// The slices of `cases` (sorted ids), in manifest order.
+    pub fn slices_of_cases<'a>(
+        &'a self,
+        cases: &'a [String],
+    ) -> impl Iterator<Item = &'a ManifestSlice> {
+        self.slices
+            .iter()
+            .filter(move |s| cases.binary_search(&s.case).is_ok())
+    }
+
     pub fn case(&self, id: &str) -> Option<&ManifestCase> {
         self.cases.iter().find(|c| c.info.id == id)
     }

@@ -32,6 +32,9 @@ pub struct PreprocessConfig {
     pub validation_fraction: f64,
     /// Explicit validation case ids; when non-empty, used instead of the fraction.
     pub validation_cases: Vec<String>,
+    /// K > 1: deal the labelled cases into K folds by seed for K-fold cross-validation (each
+    /// training holds out one: `seg-train --fold k`); 1: one split by `validation_fraction`.
+    pub folds: usize,
     /// Seed of the case split.
     pub seed: u64,
     /// Cases processed at once (each holds one volume in memory); 0 = one more than CPU cores.
@@ -56,6 +59,7 @@ impl Default for PreprocessConfig {
             max_crop_fraction: 0.3,
             validation_fraction: 0.1,
             validation_cases: Vec::new(),
+            folds: 1,
             seed: 42,
             jobs: 0,
             continue_on_error: false,
@@ -102,6 +106,15 @@ impl Section for PreprocessConfig {
         }
         if !(0.0..1.0).contains(&self.validation_fraction) {
             return Err(Invalid::new("validation_fraction", "must be in [0, 1)"));
+        }
+        if !(1..=100).contains(&self.folds) {
+            return Err(Invalid::new("folds", "must be 1 (one split) or 2..=100"));
+        }
+        if self.folds > 1 && !self.validation_cases.is_empty() {
+            return Err(Invalid::new(
+                "folds",
+                "K folds choose their own validation cases: leave validation_cases empty",
+            ));
         }
         if self.max_volume_mib == 0 {
             return Err(Invalid::new("max_volume_mib", "must be > 0"));

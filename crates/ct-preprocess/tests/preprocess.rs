@@ -303,6 +303,59 @@ fn the_split_is_by_case_and_deterministic() {
 }
 
 #[test]
+fn k_folds_are_deterministic_disjoint_and_cover_every_case() {
+    let ids: Vec<String> = (1..=63).map(|i| format!("lung_{i:03}")).collect();
+    let config = PreprocessConfig {
+        folds: 5,
+        ..PreprocessConfig::default()
+    };
+    let split = SplitRecord::new(&ids, &config).unwrap();
+    let mut reversed = ids.clone();
+    reversed.reverse();
+    assert_eq!(SplitRecord::new(&reversed, &config).unwrap(), split);
+    assert_eq!(split.fold_count(), 5);
+    let mut all: Vec<&String> = split.folds.iter().flatten().collect();
+    assert_eq!(all.len(), 63, "each case in one fold");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 63, "no case in two folds");
+    for fold in &split.folds {
+        assert!((12..=13).contains(&fold.len()), "{}", fold.len());
+        assert!(fold.windows(2).all(|w| w[0] < w[1]), "sorted");
+    }
+    for k in 0..5 {
+        let held = split.held_out(Some(k)).unwrap();
+        assert_eq!(held.validation, split.folds[k]);
+        assert_eq!(held.train.len() + held.validation.len(), 63);
+        assert!(held.train.iter().all(|id| !held.validation.contains(id)));
+        assert!(
+            held.validation
+                .iter()
+                .all(|id| split.fold_of(id) == Some(k))
+        );
+    }
+    let other = SplitRecord::new(
+        &ids,
+        &PreprocessConfig {
+            seed: 7,
+            ..config.clone()
+        },
+    )
+    .unwrap();
+    assert_ne!(other.folds, split.folds, "another seed, other folds");
+    assert!(split.held_out(None).unwrap_err().contains("--fold"));
+    assert!(split.held_out(Some(5)).unwrap_err().contains("0..4"));
+    let single = SplitRecord::new(&ids, &PreprocessConfig::default()).unwrap();
+    assert_eq!(single.fold_count(), 1);
+    assert!(single.held_out(Some(0)).is_err());
+    assert!(
+        SplitRecord::new(&ids[..3], &config)
+            .unwrap_err()
+            .contains("at least 5")
+    );
+}
+
+#[test]
 fn a_rerun_does_no_work_and_a_changed_input_redoes_only_its_case() {
     let dir = tempfile::tempdir().unwrap();
     let task_dir = phantoms(dir.path(), "LAS");

@@ -45,13 +45,28 @@ pub struct SliceDataset {
 }
 
 impl SliceDataset {
-    /// Opens `preprocessed/manifest.json` and checks that the manifest and the files agree.
-    pub fn open(preprocessed: &Path, split: Split, context: usize) -> anyhow::Result<SliceDataset> {
+    /// Opens `preprocessed/manifest.json` and checks that the manifest and the files agree. The
+    /// split's cases are the manifest's split (`fold` None) or, for a K-fold dataset, every fold
+    /// but `fold` (training) and `fold` (validation).
+    pub fn open(
+        preprocessed: &Path,
+        split: Split,
+        fold: Option<usize>,
+        context: usize,
+    ) -> anyhow::Result<SliceDataset> {
         let manifest_path = preprocessed.join(MANIFEST_FILE);
         let manifest = Manifest::load(&manifest_path)?;
+        let held_out = manifest
+            .split
+            .held_out(fold)
+            .map_err(|reason| anyhow::anyhow!("{}: {reason}", manifest_path.display()))?;
+        let ids = match split {
+            Split::Train => held_out.train,
+            Split::Validation => held_out.validation,
+        };
         let mut cases: Vec<CaseSlices> = Vec::new();
         let mut items = Vec::new();
-        for slice in manifest.slices_of(split.clone()) {
+        for slice in manifest.slices_of_cases(&ids) {
             let known = cases.last().is_some_and(|c| c.id == slice.case);
             if !known {
                 ensure!(

@@ -262,7 +262,7 @@ fn the_tumour_fraction_reaches_its_target() {
 fn batches_are_the_same_whatever_the_number_of_workers() {
     let dir = tempfile::tempdir().unwrap();
     let root = dataset_dir(dir.path());
-    let dataset = Arc::new(SliceDataset::open(&root, Split::Train, 1).unwrap());
+    let dataset = Arc::new(SliceDataset::open(&root, Split::Train, None, 1).unwrap());
     let batches = |workers: usize, epoch: u64| -> Vec<(Vec<f32>, Vec<f32>, Vec<usize>)> {
         let config = DataConfig {
             workers,
@@ -307,7 +307,7 @@ fn batches_are_the_same_whatever_the_number_of_workers() {
 fn an_epoch_continued_at_batch_k_gives_the_batches_after_k() {
     let dir = tempfile::tempdir().unwrap();
     let root = dataset_dir(dir.path());
-    let dataset = Arc::new(SliceDataset::open(&root, Split::Train, 1).unwrap());
+    let dataset = Arc::new(SliceDataset::open(&root, Split::Train, None, 1).unwrap());
     // Augmented patches: every sample's draw depends on its place in the epoch.
     let config = DataConfig {
         augment: true,
@@ -337,7 +337,7 @@ fn an_epoch_continued_at_batch_k_gives_the_batches_after_k() {
 fn patches_are_cut_from_the_slice_and_hold_tumour_when_it_has_some() {
     let dir = tempfile::tempdir().unwrap();
     let root = dataset_dir(dir.path());
-    let dataset = SliceDataset::open(&root, Split::Train, 0).unwrap();
+    let dataset = SliceDataset::open(&root, Split::Train, None, 0).unwrap();
     let config = DataConfig {
         augment: false,
         patch_size: 16,
@@ -391,7 +391,7 @@ fn patches_are_cut_from_the_slice_and_hold_tumour_when_it_has_some() {
 fn validation_batches_cover_every_slice_unaugmented_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let root = dataset_dir(dir.path());
-    let dataset = Arc::new(SliceDataset::open(&root, Split::Validation, 0).unwrap());
+    let dataset = Arc::new(SliceDataset::open(&root, Split::Validation, None, 0).unwrap());
     let loader = Loader::new(Arc::clone(&dataset), &DataConfig::default(), Device::Cpu).unwrap();
     let batches: Vec<_> = loader.in_order(5).map(|b| b.unwrap()).collect();
     let indices: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
@@ -412,7 +412,7 @@ fn validation_batches_cover_every_slice_unaugmented_in_order() {
 fn context_channels_come_from_the_same_case_and_clamp_at_its_ends() {
     let dir = tempfile::tempdir().unwrap();
     let root = dataset_dir(dir.path());
-    let dataset = SliceDataset::open(&root, Split::Train, 2).unwrap();
+    let dataset = SliceDataset::open(&root, Split::Train, None, 2).unwrap();
     assert_eq!(dataset.channels(), 5);
     let items = dataset.items();
     let file = |case: &str, slice: usize| -> Array2<f32> {
@@ -444,7 +444,7 @@ fn context_channels_come_from_the_same_case_and_clamp_at_its_ends() {
 fn missing_or_malformed_slices_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let root = dataset_dir(dir.path());
-    let dataset = SliceDataset::open(&root, Split::Train, 0).unwrap();
+    let dataset = SliceDataset::open(&root, Split::Train, None, 0).unwrap();
     let index = 3;
     let item = &dataset.items()[index];
     let case = dataset.case_ids().nth(item.case).unwrap().to_string();
@@ -459,7 +459,7 @@ fn missing_or_malformed_slices_are_named() {
     assert!(err.contains(&name) && err.contains("32x32"), "{err}");
 
     std::fs::remove_file(&victim).unwrap();
-    let err = SliceDataset::open(&root, Split::Train, 0)
+    let err = SliceDataset::open(&root, Split::Train, None, 0)
         .err()
         .unwrap()
         .to_string();

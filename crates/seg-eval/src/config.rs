@@ -3,6 +3,9 @@
 use ct_io::config::{Invalid, Section};
 use serde::{Deserialize, Serialize};
 
+use crate::components::PostProcessing;
+use crate::predict::Tta;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
@@ -20,6 +23,12 @@ pub struct EvalConfig {
     pub keep_largest: usize,
     /// Drop predicted components that do not touch the lung mask grown by 5 mm.
     pub lung_constraint: bool,
+    /// Start from the rules above and add those that raise the mean per-case Dice of the
+    /// validation (or out-of-fold) predictions, as nnU-Net does; recorded in the run's
+    /// `postprocessing.json` and applied to the test cases and by `seg-eval --checkpoint`.
+    pub choose_postprocessing: bool,
+    /// Test-time augmentation: "none" or "flip" (each slice also mirrored in-plane; 4x the time).
+    pub tta: Tta,
     /// Also write each case's probabilities as float32 NIfTI.
     pub save_probabilities: bool,
     /// Overlays per case in the report: the slices with the most tumour.
@@ -38,9 +47,22 @@ impl Default for EvalConfig {
             min_component_mm3: 0.0,
             keep_largest: 0,
             lung_constraint: true,
+            choose_postprocessing: true,
+            tta: Tta::None,
             save_probabilities: false,
             report_slices: 1,
             lung_window: [-1350.0, 150.0],
+        }
+    }
+}
+
+impl EvalConfig {
+    /// The post-processing `[eval]` asks for itself.
+    pub fn postprocessing(&self) -> PostProcessing {
+        PostProcessing {
+            lung_constraint: self.lung_constraint,
+            min_component_mm3: self.min_component_mm3,
+            keep_largest: self.keep_largest,
         }
     }
 }

@@ -10,6 +10,7 @@ use ct_io::task::{AFFINE_TOLERANCE_MM, nifti_files, strip_nifti_extension};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::components::Choice;
 use crate::metrics::{CaseMetrics, case_metrics, percentile};
 
 pub const PER_CASE_FILE: &str = "per_case.csv";
@@ -61,10 +62,18 @@ pub struct Lesions {
     pub precision: Option<f64>,
 }
 
+/// The Dice of one fold's held-out cases (K-fold cross-validation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoldDice {
+    pub fold: usize,
+    pub dice: Statistic,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub cases: usize,
-    pub predictions: PathBuf,
+    /// The folders of masks evaluated.
+    pub predictions: Vec<PathBuf>,
     pub references: PathBuf,
     pub dice: Statistic,
     pub iou: Statistic,
@@ -74,10 +83,18 @@ pub struct Summary {
     pub reference_ml: Statistic,
     pub predicted_ml: Statistic,
     pub lesions: Lesions,
+    /// A cross-validation: the Dice of each fold's cases, and the spread of their means.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folds: Vec<FoldDice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold_means: Option<Statistic>,
+    /// The post-processing chosen on these predictions for the test cases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postprocessing: Option<Choice>,
 }
 
 impl Summary {
-    pub fn of(cases: &[CaseMetrics], predictions: &Path, references: &Path) -> Summary {
+    pub fn of(cases: &[CaseMetrics], predictions: &[PathBuf], references: &Path) -> Summary {
         let stat = |f: fn(&CaseMetrics) -> Option<f64>| Statistic::of(cases.iter().map(f));
         let reference: usize = cases.iter().map(|c| c.reference_lesions).sum();
         let detected: usize = cases.iter().map(|c| c.detected_lesions).sum();
@@ -85,7 +102,7 @@ impl Summary {
         let ratio = |a: usize, b: usize| (b > 0).then(|| a as f64 / b as f64);
         Summary {
             cases: cases.len(),
-            predictions: predictions.to_path_buf(),
+            predictions: predictions.to_vec(),
             references: references.to_path_buf(),
             dice: stat(|c| c.dice),
             iou: stat(|c| c.iou),
@@ -102,7 +119,35 @@ impl Summary {
                 sensitivity: ratio(detected, reference),
                 precision: ratio(detected, detected + false_positive),
             },
+            folds: Vec::new(),
+            fold_means: None,
+            postprocessing: None,
         }
+    }
+
+    /// Adds each fold's Dice, `fold_of` giving a case's fold.
+    pub fn with_folds(
+        mut self,
+        cases: &[CaseMetrics],
+        fold_of: impl Fn(&str) -> Option<usize>,
+    ) -> Summary {
+        let mut folds: Vec<usize> = cases.iter().filter_map(|c| fold_of(&c.case)).collect();
+        folds.sort_unstable();
+        folds.dedup();
+        self.folds = folds
+            .into_iter()
+            .map(|fold| FoldDice {
+                fold,
+                dice: Statistic::of(
+                    cases
+                        .iter()
+                        .filter(|c| fold_of(&c.case) == Some(fold))
+                        .map(|c| c.dice),
+                ),
+            })
+            .collect();
+        self.fold_means = Some(Statistic::of(self.folds.iter().map(|f| f.dice.mean)));
+        self
     }
 
     /// A short table for the terminal.
@@ -137,18 +182,62 @@ impl Summary {
             "lesions: {} in the references, {} detected, {} missed, {} false-positive components ({} cases)",
             l.reference, l.detected, l.missed, l.false_positive, self.cases
         );
+        if let Some(means) = &self.fold_means {
+            let each: Vec<String> = self
+                .folds
+                .iter()
+                .map(|f| format!("{} {} (n={})", f.fold, fmt(f.dice.mean), f.dice.n))
+                .collect();
+            let _ = write!(
+                out,
+                "\nDice per fold: {}; mean of the fold means {}, std {}",
+                each.join(", "),
+                fmt(means.mean),
+                fmt(means.std)
+            );
+        }
+        if let Some(choice) = &self.postprocessing {
+            let _ = write!(
+                out,
+                "\npost-processing chosen on these cases for new ones: {} (mean Dice {} with \
+                 [eval]'s {}, {} with it)",
+                choice.chosen,
+                fmt(choice.baseline_dice),
+                choice.baseline,
+                fmt(choice.chosen_dice)
+            );
+        }
         out
     }
 }
 
-/// Evaluates every mask in `predictions` against the file of the same case id in `references`.
-pub fn evaluate_folders(predictions: &Path, references: &Path) -> anyhow::Result<Vec<CaseMetrics>> {
-    let files = nifti_files(predictions)?;
-    ensure!(
-        !files.is_empty(),
-        "{}: no predicted masks (.nii, .nii.gz) here",
-        predictions.display()
-    );
+/// Evaluates every mask in the `predictions` folders (the shards of one prediction, say) against
+/// the file of the same case id in `references`; a case may be in one folder only.
+pub fn evaluate_folders(
+    predictions: &[PathBuf],
+    references: &Path,
+) -> anyhow::Result<Vec<CaseMetrics>> {
+    let mut files = Vec::new();
+    for folder in predictions {
+        let found = nifti_files(folder)?;
+        ensure!(
+            !found.is_empty(),
+            "{}: no predicted masks (.nii, .nii.gz) here",
+            folder.display()
+        );
+        files.extend(found);
+    }
+    files.sort_by_key(|f| strip_nifti_extension(f));
+    if let Some(pair) = files
+        .windows(2)
+        .find(|w| strip_nifti_extension(&w[0]) == strip_nifti_extension(&w[1]))
+    {
+        anyhow::bail!(
+            "{} and {}: two masks of one case",
+            pair[0].display(),
+            pair[1].display()
+        );
+    }
     let reference_files = nifti_files(references)?;
     let pairs: Vec<(String, PathBuf, PathBuf)> = files
         .into_iter()

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod predict;
 pub mod render;
 pub mod report;
+pub mod shard;
 pub mod stage;
 pub mod viewer;
 

@@ -1,14 +1,18 @@
 //! `seg-eval predict | evaluate | report`: by explicit paths, or as pipeline stages from the
 //! shared config (`--config FILE [--set k=v]...`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ct_preprocess::manifest::FileStamp;
+use seg_eval::components::PostProcessing;
 use seg_eval::evaluate::{Summary, evaluate_folders, write_results};
-use seg_eval::predict::{PredictOptions, Predictor, plan_series, run_job};
+use seg_eval::predict::{Job, PredictOptions, Predictor, Tta, plan_series, run_job};
+use seg_eval::shard::Shard;
 use seg_eval::stage::{self, Stage};
 use seg_model::parse_device;
+use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
 #[command(about = "Predict tumour masks in each CT's own geometry, evaluate them, draw the report")]
@@ -57,9 +61,11 @@ struct PredictArgs {
     /// With --config: override one key (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", requires = "config")]
     overrides: Vec<String>,
-    /// A checkpoint folder (model.safetensors + checkpoint.json), e.g. work/default/runs/default/best.
+    /// A checkpoint folder (model.safetensors + checkpoint.json), e.g. work/default/runs/default/best,
+    /// or a K-fold run's folder (its folds' best/). Repeat it for an ensemble: the models'
+    /// probabilities are averaged before thresholding.
     #[arg(long, value_name = "DIR", requires_all = ["input", "output"])]
-    checkpoint: Option<PathBuf>,
+    checkpoint: Vec<PathBuf>,
     /// A CT (.nii or .nii.gz) or a folder of them; or DICOM: a folder (one mask per CT series)
     /// or a file of the series.
     #[arg(long, value_name = "PATH")]
@@ -84,16 +90,33 @@ struct PredictArgs {
     /// Slices per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
-    /// Remove predicted components smaller than this many mm³.
-    #[arg(long, default_value_t = 0.0)]
-    min_component_mm3: f64,
-    /// Keep only the k largest predicted components (0: all).
-    #[arg(long, default_value_t = 0)]
-    keep_largest: usize,
+    /// Remove predicted components smaller than this many mm³ (replaces the rule the run chose
+    /// on validation, if it has one).
+    #[arg(long, value_name = "MM3")]
+    min_component_mm3: Option<f64>,
+    /// Keep only the k largest predicted components, 0 for all (replaces the rule the run chose
+    /// on validation, if it has one).
+    #[arg(long, value_name = "K")]
+    keep_largest: Option<usize>,
     /// Keep predicted components outside the lungs (by default they are dropped: a component
     /// must touch the lung mask grown by 5 mm).
     #[arg(long)]
     no_lung_constraint: bool,
+    /// Test-time augmentation: also predict each slice mirrored in-plane (4x the time).
+    #[arg(long, value_enum, default_value_t = Tta::None)]
+    tta: Tta,
+    /// Predict share K of N of the sorted input cases (1 ≤ K ≤ N), beside N-1 other processes
+    /// writing the same output folder. Without it, a Slurm job array's task or a Kubernetes
+    /// Indexed Job's index (with --shards) decides.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
+    /// The number of shards of a Kubernetes Indexed Job (its completions), whose pods know
+    /// only their JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Predict every case again, even those whose mask is current.
+    #[arg(long)]
+    overwrite: bool,
     /// Also write the lung mask (u8, the CT's geometry) to this file, or into this folder.
     #[arg(long, value_name = "PATH")]
     save_lungs: Option<PathBuf>,
@@ -110,9 +133,9 @@ struct EvaluateArgs {
     /// With --config: override one key (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", requires = "config")]
     overrides: Vec<String>,
-    /// Folder of predicted masks.
+    /// Folder of predicted masks (repeatable: the shards' folders of one prediction).
     #[arg(long, value_name = "DIR", requires = "reference")]
-    pred: Option<PathBuf>,
+    pred: Vec<PathBuf>,
     /// Folder of reference masks (same file names or case ids).
     #[arg(long = "ref", value_name = "DIR")]
     reference: Option<PathBuf>,
@@ -152,8 +175,14 @@ fn main() -> ExitCode {
 
 fn predict(a: PredictArgs) -> anyhow::Result<()> {
     if let Some(config) = a.config {
+        anyhow::ensure!(
+            a.shard.is_none() && a.shards.is_none(),
+            "--shard is for --checkpoint --input --output: the config's stage predicts its \
+             run's cases in one process"
+        );
         let stage = Stage::from_config(&ct_io::config::Config::load(&config, &a.overrides)?)?;
-        for folder in stage::predict(&stage, a.device.as_deref())? {
+        let predicted = stage::predict(&stage, a.device.as_deref())?;
+        for folder in &predicted.folders {
             println!(
                 "{}: {} predicted, {} unchanged",
                 folder.folder.display(),
@@ -161,23 +190,34 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
                 folder.reused
             );
         }
+        if let Some(choice) = &predicted.choice {
+            println!(
+                "post-processing chosen on {} validation cases: {} ({})",
+                choice.cases,
+                choice.chosen,
+                stage.layout.postprocessing().display()
+            );
+        }
         return Ok(());
     }
-    let (Some(checkpoint), Some(input), Some(output)) = (a.checkpoint, a.input, a.output) else {
+    let (false, Some(input), Some(output)) =
+        (a.checkpoint.is_empty(), a.input.clone(), a.output.clone())
+    else {
         anyhow::bail!("give --config FILE, or --checkpoint DIR --input PATH --output PATH");
     };
+    let checkpoints = stage::checkpoints_of(&a.checkpoint)?;
     let device = parse_device(a.device.as_deref().unwrap_or("cpu"))?;
+    anyhow::ensure!(
+        a.threshold > 0.0 && a.threshold < 1.0,
+        "--threshold must be in (0, 1)"
+    );
+    let postprocessing = choose_rules(&checkpoints, &a)?;
     let options = PredictOptions {
         threshold: a.threshold,
         batch_size: a.batch_size,
-        min_component_mm3: a.min_component_mm3,
-        keep_largest: a.keep_largest,
-        lung_constraint: !a.no_lung_constraint,
+        postprocessing,
+        tta: a.tta,
     };
-    anyhow::ensure!(
-        options.threshold > 0.0 && options.threshold < 1.0,
-        "--threshold must be in (0, 1)"
-    );
     let mut jobs = plan_series(&input, &output, a.save_probabilities, a.series.as_deref())?;
     for job in &mut jobs {
         job.all_frames = a.all_frames;
@@ -193,10 +233,61 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
             });
         }
     }
-    let predictor = Predictor::load(&checkpoint, &device, options)?;
-    let bar = ct_io::cli::progress_bar(jobs.len() as u64, "predict");
-    for job in &jobs {
+    let shard = match &a.shard {
+        Some(text) => Some(Shard::parse(text)?),
+        None => Shard::from_scheduler(|name| std::env::var(name).ok(), a.shards)?,
+    };
+    let total = jobs.len();
+    // One writer per output folder, or per shard of it.
+    let folder = if input.is_dir() {
+        output.clone()
+    } else {
+        output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    };
+    let _lock = match shard {
+        Some(shard) => {
+            jobs = shard.select(jobs);
+            println!("shard {shard}: {} of {total} cases", jobs.len());
+            Box::new(ct_io::lock::lock_shard(&folder, shard.index, shard.count)?)
+                as Box<dyn std::any::Any>
+        }
+        None => Box::new(ct_io::lock::lock_folder(&folder)?),
+    };
+    let stamp = OutputStamp {
+        weights: checkpoints
+            .iter()
+            .map(|c| FileStamp::of(&c.join(ct_io::layout::WEIGHTS_FILE)))
+            .collect::<anyhow::Result<_>>()?,
+        threshold: options.threshold,
+        postprocessing,
+        tta: options.tta,
+    };
+    let (current, todo): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|job| !a.overwrite && stamp.is_current(job));
+    if !current.is_empty() {
+        println!(
+            "{} case(s) unchanged (mask newer than the CT, made with the same models and \
+             settings; --overwrite predicts them again)",
+            current.len()
+        );
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let predictor = Predictor::load_ensemble(&checkpoints, &device, options)?;
+    println!(
+        "predicting with {} model(s), test-time augmentation {}, post-processing: {postprocessing}",
+        predictor.models(),
+        a.tta.name()
+    );
+    let bar = ct_io::cli::progress_bar(todo.len() as u64, "predict");
+    for job in &todo {
         let report = run_job(&predictor, job)?;
+        stamp.write(job)?;
         bar.suspend(|| {
             println!(
                 "{} → {}: {:?}, {} tumour voxels ({:.2} ml), {}, {:.1} s",
@@ -215,6 +306,79 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The post-processing: the command line's, else the rule the checkpoints' run chose on
+/// validation, else the default (the lung constraint alone).
+fn choose_rules(checkpoints: &[PathBuf], a: &PredictArgs) -> anyhow::Result<PostProcessing> {
+    let lung_constraint = !a.no_lung_constraint;
+    if a.min_component_mm3.is_some() || a.keep_largest.is_some() {
+        let rules = PostProcessing {
+            lung_constraint,
+            min_component_mm3: a.min_component_mm3.unwrap_or(0.0),
+            keep_largest: a.keep_largest.unwrap_or(0),
+        };
+        anyhow::ensure!(
+            rules.min_component_mm3.is_finite() && rules.min_component_mm3 >= 0.0,
+            "--min-component-mm3 must be ≥ 0"
+        );
+        return Ok(rules);
+    }
+    Ok(match stage::chosen_for(checkpoints) {
+        Some((path, choice)) => {
+            println!(
+                "post-processing chosen on the run's validation cases ({}): {}",
+                path.display(),
+                choice.chosen
+            );
+            PostProcessing {
+                lung_constraint: choice.chosen.lung_constraint && lung_constraint,
+                ..choice.chosen
+            }
+        }
+        None => PostProcessing {
+            lung_constraint,
+            ..PostProcessing::NONE
+        },
+    })
+}
+
+/// Beside each mask (`.<mask>.lungseg.json`): what it was made with, so that a rerun (of a failed
+/// shard, say) skips the masks that are current.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct OutputStamp {
+    weights: Vec<FileStamp>,
+    threshold: f32,
+    postprocessing: PostProcessing,
+    tta: Tta,
+}
+
+impl OutputStamp {
+    fn path(job: &Job) -> PathBuf {
+        let name = job.output.file_name().unwrap_or_default().to_string_lossy();
+        job.output.with_file_name(format!(".{name}.lungseg.json"))
+    }
+
+    /// The job's outputs exist, are newer than its input and were made as this stamp says.
+    fn is_current(&self, job: &Job) -> bool {
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let Some(input) = modified(&job.input) else {
+            return false;
+        };
+        let recorded = std::fs::read_to_string(Self::path(job))
+            .ok()
+            .and_then(|t| serde_json::from_str::<OutputStamp>(&t).ok());
+        recorded.as_ref() == Some(self)
+            && std::iter::once(&job.output)
+                .chain(job.probabilities.as_ref())
+                .chain(job.lungs.as_ref())
+                .all(|p| modified(p).is_some_and(|t| t >= input))
+    }
+
+    fn write(&self, job: &Job) -> anyhow::Result<()> {
+        ct_io::atomic::write_json(&Self::path(job), self)?;
+        Ok(())
+    }
+}
+
 fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     let summary = if let Some(config) = a.config {
         let stage = Stage::from_config(&ct_io::config::Config::load(&config, &a.overrides)?)?;
@@ -222,12 +386,12 @@ fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
         println!("results: {}", stage.evaluation().display());
         summary
     } else {
-        let (Some(pred), Some(reference)) = (a.pred, a.reference) else {
-            anyhow::bail!("give --config FILE, or --pred DIR --ref DIR");
+        let (false, Some(reference)) = (a.pred.is_empty(), a.reference) else {
+            anyhow::bail!("give --config FILE, or --pred DIR [--pred DIR ...] --ref DIR");
         };
-        let cases = evaluate_folders(&pred, &reference)?;
-        let summary = Summary::of(&cases, &pred, &reference);
-        let out = a.out.unwrap_or_else(|| pred.clone());
+        let cases = evaluate_folders(&a.pred, &reference)?;
+        let summary = Summary::of(&cases, &a.pred, &reference);
+        let out = a.out.unwrap_or_else(|| a.pred[0].clone());
         write_results(&out, &cases, &summary)?;
         println!("results: {}", out.display());
         summary

@@ -10,24 +10,94 @@ use anyhow::{Context, bail, ensure};
 use candle_core::{Device, Tensor};
 use ct_io::{Geometry, Reorientation, Volume};
 use ct_preprocess::lungs::{CONSTRAINT_MARGIN_MM, LungMask, lung_mask};
+use ct_preprocess::manifest::SliceSettings;
 use ct_preprocess::settings::{CropMode, Normalisation, PreprocessConfig};
 use ct_preprocess::slices::{decide_crop, decide_plane_box, network_input, resize_bilinear};
-use ndarray::{Array3, ShapeBuilder};
+use ndarray::{Array3, ArrayView3, ShapeBuilder};
 use rayon::prelude::*;
 use seg_model::{CheckpointInfo, Model};
 use serde::{Deserialize, Serialize};
 
-use crate::components::{drop_outside, postprocess};
+use crate::components::{ComponentTable, PostProcessing};
+
+/// Test-time augmentation: what the network also sees of each slice, its probabilities averaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Tta {
+    /// Each slice once.
+    #[default]
+    None,
+    /// Each slice also mirrored left-right, front-back and both (4 passes), mirrored back.
+    Flip,
+}
+
+impl Tta {
+    fn mirrors(self) -> &'static [Mirror] {
+        match self {
+            Tta::None => &[Mirror::Identity],
+            Tta::Flip => &[
+                Mirror::Identity,
+                Mirror::Columns,
+                Mirror::Rows,
+                Mirror::Both,
+            ],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tta::None => "none",
+            Tta::Flip => "flip",
+        }
+    }
+}
+
+/// A mirror of a square row-major image; each is its own inverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mirror {
+    Identity,
+    /// Left-right (canonical x).
+    Columns,
+    /// Front-back (canonical y).
+    Rows,
+    Both,
+}
+
+impl Mirror {
+    /// The index `image[i]` is read from in the mirrored image.
+    fn source(self, i: usize, size: usize) -> usize {
+        let (row, column) = (i / size, i % size);
+        let (row, column) = match self {
+            Mirror::Identity => (row, column),
+            Mirror::Columns => (row, size - 1 - column),
+            Mirror::Rows => (size - 1 - row, column),
+            Mirror::Both => (size - 1 - row, size - 1 - column),
+        };
+        row * size + column
+    }
+
+    fn extend_mirrored(self, out: &mut Vec<f32>, image: &[f32], size: usize) {
+        match self {
+            Mirror::Identity => out.extend_from_slice(image),
+            _ => out.extend((0..image.len()).map(|i| image[self.source(i, size)])),
+        }
+    }
+
+    /// Adds `image` mirrored back onto `sum`.
+    fn add_unmirrored(self, sum: &mut [f32], image: &[f32], size: usize) {
+        for (i, s) in sum.iter_mut().enumerate() {
+            *s += image[self.source(i, size)];
+        }
+    }
+}
 
 /// How probabilities become a mask.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictOptions {
     pub threshold: f32,
     pub batch_size: usize,
-    pub min_component_mm3: f64,
-    pub keep_largest: usize,
-    /// Drop predicted components that do not touch the (slightly grown) lung mask.
-    pub lung_constraint: bool,
+    pub postprocessing: PostProcessing,
+    pub tta: Tta,
 }
 
 impl Default for PredictOptions {
@@ -35,9 +105,11 @@ impl Default for PredictOptions {
         PredictOptions {
             threshold: 0.5,
             batch_size: 8,
-            min_component_mm3: 0.0,
-            keep_largest: 0,
-            lung_constraint: true,
+            postprocessing: PostProcessing {
+                lung_constraint: true,
+                ..PostProcessing::NONE
+            },
+            tta: Tta::None,
         }
     }
 }
@@ -54,6 +126,9 @@ pub struct Prediction {
     pub lungs: Option<PredictedLungs>,
     /// Predicted components dropped for lying outside the lungs.
     pub outside_lungs: usize,
+    /// With a reference: the thresholded prediction's components before any rule, for choosing
+    /// the post-processing.
+    pub table: Option<ComponentTable>,
 }
 
 /// The lung mask prediction made, kept on its working grid: brought to the CT's resolution and
@@ -75,11 +150,17 @@ impl PredictedLungs {
     }
 }
 
-/// A loaded checkpoint with the preprocessing it was trained with.
-pub struct Predictor {
+/// One model of a predictor.
+struct Member {
     model: Model,
     info: CheckpointInfo,
-    /// The checkpoint folder, and the run and epoch it records, in words (for a SEG's description).
+}
+
+/// One checkpoint, or an ensemble of checkpoints that share their preprocessing (their
+/// probabilities averaged), with the preprocessing they were trained with.
+pub struct Predictor {
+    members: Vec<Member>,
+    /// The checkpoint folders, and the run and epoch they record, in words (for a SEG's description).
     identity: String,
     preprocess: PreprocessConfig,
     options: PredictOptions,
@@ -92,82 +173,134 @@ impl Predictor {
         device: &Device,
         options: PredictOptions,
     ) -> anyhow::Result<Predictor> {
-        let (model, info) = Model::load(checkpoint, device)?;
-        let preprocess: PreprocessConfig = match &info.preprocess {
-            Some(value) => serde_json::from_value(value.clone()).with_context(|| {
-                format!(
-                    "{}: the checkpoint's preprocessing settings are not readable by this build",
-                    checkpoint.display()
-                )
-            })?,
-            None => {
-                tracing::warn!(
-                    "{}: the checkpoint records no preprocessing (imported weights?): using the \
-                     reference's (HU / 3071, 30 slices cropped, 256x256)",
-                    checkpoint.display()
-                );
-                PreprocessConfig::default()
-            }
-        };
-        let multiple = info.model.size_multiple();
-        ensure!(
-            preprocess.size.is_multiple_of(multiple),
-            "{}: slices of {} px do not fit a U-Net of depth {} (needs a multiple of {multiple})",
-            checkpoint.display(),
-            preprocess.size,
-            info.model.depth
-        );
-        ensure!(
-            info.model.in_channels % 2 == 1,
-            "{}: the model takes {} channels; 2.5D input needs an odd number",
-            checkpoint.display(),
-            info.model.in_channels
-        );
+        Predictor::load_ensemble(&[checkpoint.to_path_buf()], device, options)
+    }
+
+    /// The ensemble of `checkpoints`: refused unless they were trained on slices made the same
+    /// way (the message says how they differ).
+    pub fn load_ensemble(
+        checkpoints: &[PathBuf],
+        device: &Device,
+        options: PredictOptions,
+    ) -> anyhow::Result<Predictor> {
+        ensure!(!checkpoints.is_empty(), "no checkpoint to predict with");
         ensure!(options.batch_size > 0, "the batch size must be at least 1");
-        let mut identity = format!("lungseg checkpoint {}", checkpoint.display());
-        if let (Some(run), Some(epoch)) = (
-            info.extra["run"].as_str(),
-            info.extra["best_epoch"].as_u64(),
-        ) {
-            identity.push_str(&format!(" (run {run}, epoch {epoch})"));
+        let mut members = Vec::new();
+        let mut first: Option<(PathBuf, PreprocessConfig)> = None;
+        let mut names = Vec::new();
+        for checkpoint in checkpoints {
+            let (model, info) = Model::load(checkpoint, device)?;
+            let preprocess = checkpoint_preprocessing(checkpoint, &info)?;
+            let multiple = info.model.size_multiple();
+            ensure!(
+                preprocess.size.is_multiple_of(multiple),
+                "{}: slices of {} px do not fit a U-Net of depth {} (needs a multiple of {multiple})",
+                checkpoint.display(),
+                preprocess.size,
+                info.model.depth
+            );
+            ensure!(
+                info.model.in_channels % 2 == 1,
+                "{}: the model takes {} channels; 2.5D input needs an odd number",
+                checkpoint.display(),
+                info.model.in_channels
+            );
+            match &first {
+                None => first = Some((checkpoint.clone(), preprocess)),
+                Some((path, settings)) => {
+                    let differences = preprocessing_differences(settings, &preprocess);
+                    ensure!(
+                        differences.is_empty(),
+                        "{} and {}: an ensemble needs checkpoints trained on the same \
+                         preprocessing, and these differ in [preprocess] {}",
+                        path.display(),
+                        checkpoint.display(),
+                        differences.join(", ")
+                    );
+                }
+            }
+            let mut name = checkpoint.display().to_string();
+            if let Some(run) = info.extra["run"].as_str() {
+                name.push_str(&format!(" (run {run}"));
+                if let Some(fold) = info.extra["fold"].as_u64() {
+                    name.push_str(&format!(", fold {fold}"));
+                }
+                if let Some(epoch) = info.extra["best_epoch"].as_u64() {
+                    name.push_str(&format!(", epoch {epoch}"));
+                }
+                name.push(')');
+            }
+            names.push(name);
+            members.push(Member { model, info });
         }
+        let identity = match names.as_slice() {
+            [one] => format!("lungseg checkpoint {one}"),
+            many => format!("lungseg ensemble of {}: {}", many.len(), many.join("; ")),
+        };
         Ok(Predictor {
-            model,
-            info,
+            members,
             identity,
-            preprocess,
+            preprocess: first.expect("at least one checkpoint").1,
             options,
             device: device.clone(),
         })
     }
 
-    pub fn info(&self) -> &CheckpointInfo {
-        &self.info
+    /// Models averaged.
+    pub fn models(&self) -> usize {
+        self.members.len()
     }
 
-    pub fn preprocess(&self) -> &PreprocessConfig {
-        &self.preprocess
+    pub fn options(&self) -> &PredictOptions {
+        &self.options
     }
 
     /// Predicts the mask of `volume` (`source` names it in messages).
     pub fn predict(&self, volume: &Volume, source: &Path) -> anyhow::Result<Prediction> {
-        seg_model::threads::on_worker(|| self.predict_here(volume, source))
+        self.predict_against(volume, source, None)
     }
 
-    /// [`Predictor::predict`] on the calling thread.
-    fn predict_here(&self, volume: &Volume, source: &Path) -> anyhow::Result<Prediction> {
+    /// [`Predictor::predict`], and with the case's reference mask (the CT's voxel order) the
+    /// table that scores every post-processing rule.
+    pub fn predict_against(
+        &self,
+        volume: &Volume,
+        source: &Path,
+        reference: Option<ArrayView3<u8>>,
+    ) -> anyhow::Result<Prediction> {
+        if let Some(reference) = &reference {
+            ensure!(
+                reference.shape() == volume.data.shape(),
+                "{}: the reference mask is {:?} and the CT {:?}",
+                source.display(),
+                reference.shape(),
+                volume.data.shape()
+            );
+        }
+        seg_model::threads::on_worker(|| self.predict_here(volume, source, reference))
+    }
+
+    /// [`Predictor::predict_against`] on the calling thread.
+    fn predict_here(
+        &self,
+        volume: &Volume,
+        source: &Path,
+        reference: Option<ArrayView3<u8>>,
+    ) -> anyhow::Result<Prediction> {
         let geometry = &volume.geometry;
         let reorientation = Reorientation::to_canonical(geometry);
         let canonical_geometry = reorientation.canonical_geometry(geometry);
         let ct = reorientation.canonical_view(volume.data.view());
         let [width, height, depth] = reorientation.canonical_shape();
-        let lungs = (self.options.lung_constraint || self.preprocess.crop == CropMode::Lungs)
-            .then(|| lung_mask(ct, canonical_geometry.spacing));
+        let lung_constraint = self.options.postprocessing.lung_constraint;
+        let lungs =
+            (lung_constraint || reference.is_some() || self.preprocess.crop == CropMode::Lungs)
+                .then(|| lung_mask(ct, canonical_geometry.spacing));
         if lungs.as_ref().is_some_and(|l| l.is_empty()) {
             tracing::warn!(
                 "{}: no lungs found in this CT{}",
                 source.display(),
-                if self.options.lung_constraint {
+                if lung_constraint {
                     ": the lung constraint leaves the mask empty"
                 } else {
                     ""
@@ -220,11 +353,10 @@ impl Predictor {
         // outside the box they are 0.
         let plane = width * height;
         let mut canonical = vec![0f32; plane * depth];
-        let context = self.info.model.in_channels / 2;
         let kept: Vec<usize> = (first..end).collect();
         for batch in kept.chunks(self.options.batch_size) {
             let probabilities = self
-                .forward(batch, &inputs, [first, end], context)
+                .forward(batch, &inputs, [first, end])
                 .with_context(|| format!("{}: running the U-Net", source.display()))?;
             canonical[batch[0] * plane..(batch[batch.len() - 1] + 1) * plane]
                 .par_chunks_mut(plane)
@@ -243,53 +375,113 @@ impl Predictor {
         let canonical = Array3::from_shape_vec((width, height, depth).f(), canonical)
             .expect("sized to the canonical shape");
         let mut mask = canonical.mapv(|p| u8::from(p > self.options.threshold));
-        let removed_components = postprocess(
+        let allowed = lungs
+            .as_ref()
+            .filter(|_| lung_constraint || reference.is_some())
+            .map(|l| l.dilated(CONSTRAINT_MARGIN_MM));
+        let table = reference.map(|reference| {
+            ComponentTable::of(
+                mask.view(),
+                reorientation.canonical_view(reference),
+                allowed.as_ref().map(|a| a.view()),
+                canonical_geometry.spacing,
+            )
+        });
+        let removed = self.options.postprocessing.apply(
             mask.view_mut(),
             canonical_geometry.spacing,
-            self.options.min_component_mm3,
-            self.options.keep_largest,
+            allowed.as_ref().map(|a| a.view()),
         );
-        let outside_lungs = match &lungs {
-            Some(lungs) if self.options.lung_constraint => {
-                drop_outside(mask.view_mut(), lungs.dilated(CONSTRAINT_MARGIN_MM).view())
-            }
-            _ => 0,
-        };
         Ok(Prediction {
             mask: reorientation.restore(mask.view()),
             probabilities: reorientation.restore(canonical.view()),
             kept_slices: [first, end],
-            removed_components,
+            removed_components: removed.by_size,
             lungs: lungs.map(|mask| PredictedLungs {
                 mask,
                 reorientation,
             }),
-            outside_lungs,
+            outside_lungs: removed.outside_lungs,
+            table,
         })
     }
 
-    /// Sigmoid probabilities of the kept slices in `batch`, `size`² row-major each. A slice's
-    /// neighbours are its input channels, repeated at the ends of the kept range as in training.
+    /// Sigmoid probabilities of the kept slices in `batch`, `size`² row-major each, averaged over
+    /// the models and the mirrors of the test-time augmentation. A slice's neighbours are its
+    /// input channels, repeated at the ends of the kept range as in training.
     fn forward(
         &self,
         batch: &[usize],
         inputs: &[Vec<f32>],
         [first, end]: [usize; 2],
-        context: usize,
     ) -> anyhow::Result<Vec<f32>> {
         let size = self.preprocess.size;
-        let channels = 2 * context + 1;
-        let mut data = Vec::with_capacity(batch.len() * channels * size * size);
-        for &k in batch {
-            for c in 0..channels {
-                let neighbour = (k + c).saturating_sub(context).clamp(first, end - 1);
-                data.extend_from_slice(&inputs[neighbour - first]);
+        let plane = size * size;
+        let mirrors = self.options.tta.mirrors();
+        let mut sum = vec![0f32; batch.len() * plane];
+        for member in &self.members {
+            let context = member.info.model.in_channels / 2;
+            let channels = 2 * context + 1;
+            for &mirror in mirrors {
+                let mut data = Vec::with_capacity(batch.len() * channels * plane);
+                for &k in batch {
+                    for c in 0..channels {
+                        let neighbour = (k + c).saturating_sub(context).clamp(first, end - 1);
+                        mirror.extend_mirrored(&mut data, &inputs[neighbour - first], size);
+                    }
+                }
+                let x = Tensor::from_vec(data, (batch.len(), channels, size, size), &self.device)?;
+                let logits = member.model.unet.forward_t(&x, false)?;
+                let p: Vec<f32> = candle_nn::ops::sigmoid(&logits)?.flatten_all()?.to_vec1()?;
+                for (out, image) in sum.chunks_mut(plane).zip(p.chunks(plane)) {
+                    mirror.add_unmirrored(out, image, size);
+                }
             }
         }
-        let x = Tensor::from_vec(data, (batch.len(), channels, size, size), &self.device)?;
-        let logits = self.model.unet.forward_t(&x, false)?;
-        Ok(candle_nn::ops::sigmoid(&logits)?.flatten_all()?.to_vec1()?)
+        let passes = (self.members.len() * mirrors.len()) as f32;
+        if passes > 1.0 {
+            sum.iter_mut().for_each(|v| *v /= passes);
+        }
+        Ok(sum)
     }
+}
+
+/// The `[preprocess]` settings a checkpoint records (the reference's when it records none).
+fn checkpoint_preprocessing(
+    checkpoint: &Path,
+    info: &CheckpointInfo,
+) -> anyhow::Result<PreprocessConfig> {
+    match &info.preprocess {
+        Some(value) => serde_json::from_value(value.clone()).with_context(|| {
+            format!(
+                "{}: the checkpoint's preprocessing settings are not readable by this build",
+                checkpoint.display()
+            )
+        }),
+        None => {
+            tracing::warn!(
+                "{}: the checkpoint records no preprocessing (imported weights?): using the \
+                 reference's (HU / 3071, 30 slices cropped, 256x256)",
+                checkpoint.display()
+            );
+            Ok(PreprocessConfig::default())
+        }
+    }
+}
+
+/// The `[preprocess]` keys whose values make different slices in `a` and `b`.
+fn preprocessing_differences(a: &PreprocessConfig, b: &PreprocessConfig) -> Vec<String> {
+    let json = |c: &PreprocessConfig| {
+        serde_json::to_value(SliceSettings::from_config(c)).expect("settings serialise")
+    };
+    let (a, b) = (json(a), json(b));
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return Vec::new();
+    };
+    a.iter()
+        .filter(|(key, value)| b.get(*key) != Some(value))
+        .map(|(key, value)| format!("{key} ({value} vs {})", b[key]))
+        .collect()
 }
 
 /// True for an output path that asks for a DICOM SEG (`.dcm`).
@@ -311,6 +503,9 @@ pub struct Job {
     pub lungs: Option<PathBuf>,
     /// For a DICOM SEG output: a frame for every source slice, not only those with tumour.
     pub all_frames: bool,
+    /// The case's reference mask (a validation case): the prediction also scores every
+    /// post-processing rule against it.
+    pub reference: Option<PathBuf>,
 }
 
 /// Plans the jobs for `input` and `output`. A folder of NIfTI files: one mask per CT with the CT's
@@ -378,6 +573,7 @@ pub fn plan_series(
                     probabilities: probabilities_of(output),
                     lungs: None,
                     all_frames: false,
+                    reference: None,
                 }]);
             }
             return Ok(series
@@ -392,6 +588,7 @@ pub fn plan_series(
                         lungs: None,
                         series: Some(id),
                         all_frames: false,
+                        reference: None,
                     }
                 })
                 .collect());
@@ -413,6 +610,7 @@ pub fn plan_series(
                     input: file,
                     series: None,
                     all_frames: false,
+                    reference: None,
                 }
             })
             .collect());
@@ -443,6 +641,7 @@ pub fn plan_series(
         output: mask,
         lungs: None,
         all_frames: false,
+        reference: None,
     }])
 }
 
@@ -495,9 +694,31 @@ pub struct PredictionNotes {
     pub outside_lungs: usize,
     /// Predicted components removed by post-processing (size, count).
     pub removed_components: usize,
+    /// The rules applied.
+    pub postprocessing: PostProcessing,
+    /// Models averaged and the test-time augmentation.
+    pub models: usize,
+    pub tta: Tta,
+    /// With a reference: the components before any rule, to choose the post-processing on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<ComponentTable>,
 }
 
 impl PredictionNotes {
+    /// The models and augmentation, in words.
+    pub fn method(&self) -> String {
+        let models = if self.models == 1 {
+            "1 model".to_string()
+        } else {
+            format!("ensemble of {}", self.models)
+        };
+        format!(
+            "{models}, test-time augmentation {}, post-processing: {}",
+            self.tta.name(),
+            self.postprocessing
+        )
+    }
+
     /// The lung mask's part of the job, in words.
     pub fn lung_note(&self) -> String {
         match self.lung_ml {
@@ -528,7 +749,23 @@ pub fn run_job(predictor: &Predictor, job: &Job) -> anyhow::Result<JobReport> {
             job.input.display()
         );
     }
-    let prediction = predictor.predict(&volume, &job.input)?;
+    let reference = match &job.reference {
+        Some(path) => {
+            let mask = ct_io::read_mask_with(path, &ct_io::ReadOptions::default())?;
+            let offset = mask.geometry.affine_difference(&volume.geometry);
+            ensure!(
+                mask.geometry.shape == volume.geometry.shape
+                    && offset <= ct_io::task::AFFINE_TOLERANCE_MM,
+                "{}: not on the voxel grid of {}",
+                path.display(),
+                job.input.display()
+            );
+            Some(mask.data)
+        }
+        None => None,
+    };
+    let prediction =
+        predictor.predict_against(&volume, &job.input, reference.as_ref().map(|r| r.view()))?;
     match &ct.dicom {
         Some(source) if is_seg(&job.output) => {
             let options = ct_io::dicom::SegOptions {
@@ -565,6 +802,10 @@ pub fn run_job(predictor: &Predictor, job: &Job) -> anyhow::Result<JobReport> {
             lung_ml: prediction.lungs.as_ref().map(PredictedLungs::volume_ml),
             outside_lungs: prediction.outside_lungs,
             removed_components: prediction.removed_components,
+            postprocessing: predictor.options.postprocessing,
+            models: predictor.models(),
+            tta: predictor.options.tta,
+            table: prediction.table,
         },
         seconds: start.elapsed().as_secs_f64(),
     })

@@ -140,7 +140,7 @@ fn empty_cases_follow_nnunet() {
     let perfect = case_metrics("i", blob.view(), blob.view(), [1.0; 3]);
     let summary = Summary::of(
         &[both, false_alarm, missed, perfect],
-        std::path::Path::new("p"),
+        &[std::path::PathBuf::from("p")],
         std::path::Path::new("r"),
     );
     assert_eq!(summary.dice.n, 3);

@@ -59,7 +59,7 @@ fn options(threshold: f32) -> PredictOptions {
     PredictOptions {
         threshold,
         batch_size: 4,
-        lung_constraint: false,
+        postprocessing: seg_eval::components::PostProcessing::NONE,
         ..PredictOptions::default()
     }
 }

@@ -52,7 +52,7 @@ fn prepared_run(dir: &Path) -> Stage {
     Model::new(&model, &candle_core::Device::Cpu)
         .unwrap()
         .save(
-            &stage.checkpoint(),
+            &stage.checkpoint(None),
             Some(serde_json::to_value(&manifest.settings).unwrap()),
             serde_json::Value::Null,
         )
@@ -73,7 +73,7 @@ fn the_stages_predict_evaluate_and_report_a_run() {
     let dir = tempfile::tempdir().unwrap();
     let stage = prepared_run(dir.path());
 
-    let folders = stage::predict(&stage, None).unwrap();
+    let folders = stage::predict(&stage, None).unwrap().folders;
     assert_eq!(folders.iter().map(|f| f.predicted.len()).sum::<usize>(), 3);
     assert_eq!(names(&stage.predictions(VALIDATION)).len(), 2);
     assert_eq!(names(&stage.predictions(TEST)), ["lung_005"]);
@@ -93,16 +93,22 @@ fn the_stages_predict_evaluate_and_report_a_run() {
         assert!(note.kept_slices[0] < note.kept_slices[1]);
     }
     // Nothing changed: nothing is predicted again.
-    let again = stage::predict(&stage, None).unwrap();
+    let again = stage::predict(&stage, None).unwrap().folders;
     assert!(again.iter().all(|f| f.predicted.is_empty() && f.reused > 0));
     // Another threshold: everything is.
     let changed = Stage::from_config(&config(dir.path(), &["eval.threshold=0.3"])).unwrap();
-    let redone = stage::predict(&changed, None).unwrap();
+    let redone = stage::predict(&changed, None).unwrap().folders;
     assert_eq!(redone.iter().map(|f| f.predicted.len()).sum::<usize>(), 3);
-    // Without the constraint (and with the inferior crop) no lung mask is made: none is left
-    // to be drawn as if it had been used.
-    let unconstrained =
-        Stage::from_config(&config(dir.path(), &["eval.lung_constraint=false"])).unwrap();
+    // Without the constraint and its choice on validation (and with the inferior crop) no lung
+    // mask is made: none is left to be drawn as if it had been used.
+    let unconstrained = Stage::from_config(&config(
+        dir.path(),
+        &[
+            "eval.lung_constraint=false",
+            "eval.choose_postprocessing=false",
+        ],
+    ))
+    .unwrap();
     stage::predict(&unconstrained, None).unwrap();
     let notes = stage::read_notes(&validation);
     assert!(notes.values().all(|n| n.lung_ml.is_none()), "{notes:?}");
@@ -212,10 +218,10 @@ fn the_stages_predict_evaluate_and_report_a_run() {
     assert!(html.contains("predicted lesions"));
     // A second report replaces the first whole.
     stage::report(&stage).unwrap();
-    let leftovers: Vec<_> = std::fs::read_dir(&stage.run_dir)
+    let leftovers: Vec<_> = std::fs::read_dir(stage.run_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
+        .filter(|n| n.starts_with('.') && !n.ends_with(".lock"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }

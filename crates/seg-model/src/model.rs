@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelConfig;
 use crate::unet::UNet;
 
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const INFO_FILE: &str = "checkpoint.json";
+pub use ct_io::layout::{CHECKPOINT_INFO_FILE as INFO_FILE, WEIGHTS_FILE};
 pub const FORMAT_VERSION: u32 = 1;
 
 /// The sidecar of a checkpoint: what the weights are and what they were trained on.

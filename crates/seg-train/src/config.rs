@@ -30,6 +30,9 @@ pub enum Schedule {
 pub struct TrainConfig {
     /// The run folder: `work_dir/runs/<run>/`.
     pub run: String,
+    /// For a K-fold dataset: the fold this training holds out, trained into `runs/<run>/fold_<k>/`
+    /// (`seg-train --fold k`). Unset for a single split.
+    pub fold: Option<usize>,
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
@@ -53,6 +56,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             run: "default".into(),
+            fold: None,
             epochs: 30,
             batch_size: 8,
             lr: 1e-4,
@@ -73,18 +77,7 @@ impl Default for TrainConfig {
 impl Section for TrainConfig {
     const NAME: &'static str = "train";
     fn validate(&self) -> Result<(), Invalid> {
-        let valid_name = !self.run.is_empty()
-            && self
-                .run
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && !self.run.starts_with('.');
-        if !valid_name {
-            return Err(Invalid::new(
-                "run",
-                "must be a plain folder name (letters, digits, - _ .)",
-            ));
-        }
+        ct_io::layout::check_run_name(&self.run)?;
         if !(1..=100_000).contains(&self.epochs) {
             return Err(Invalid::new("epochs", "must be 1..=100000"));
         }

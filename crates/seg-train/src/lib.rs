@@ -1,8 +1,9 @@
 //! `seg-train`: the training stage. Trains the U-Net (`seg-model`) on the training split of
 //! ct-preprocess's dataset through `seg-data`'s sampler and augmentation, validates every epoch
 //! with per-case 3D Dice (and the reference's pooled soft Dice beside it), and keeps a run folder
-//! `work_dir/runs/<run>/`: the resolved config, `metrics.csv`, `curves.png`, and the checkpoints
-//! `last/` (with the optimiser state, for an exact resume) and `best/`.
+//! `work_dir/runs/<run>/` (or its `fold_<k>/` for a K-fold dataset; ct-io's `layout` says where):
+//! the resolved config, `metrics.csv`, `curves.png`, and the checkpoints `last/` (with the
+//! optimiser state, for an exact resume) and `best/`.
 
 pub mod adam;
 pub mod config;
@@ -18,6 +19,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use ct_io::config::Config;
+use ct_io::layout::{BEST, CURVES_FILE, LAST, METRICS_FILE, RESOLVED_CONFIG_FILE, RunLayout};
 use ct_preprocess::manifest::{MANIFEST_FILE, Manifest, PREPROCESSED_DIR};
 use ct_preprocess::split::Split;
 use seg_data::{DataConfig, Loader, SliceDataset};
@@ -30,13 +32,7 @@ use config::{Loss, Schedule, TrainConfig};
 use curves::{Point, write_curves};
 use metrics::{Overlap, mean_case_dice, pooled_soft_dice};
 
-pub const RUNS_DIR: &str = "runs";
-pub const LAST: &str = "last";
-pub const BEST: &str = "best";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const METRICS_FILE: &str = "metrics.csv";
-pub const CURVES_FILE: &str = "curves.png";
-pub const RESOLVED_CONFIG_FILE: &str = "config.toml";
 
 /// How a run is started.
 #[derive(Debug, Clone, Default)]
@@ -59,6 +55,9 @@ pub struct Progress {
     pub best_dice: Option<f64>,
     pub best_epoch: Option<usize>,
     pub run: String,
+    /// The fold held out, for a K-fold dataset.
+    #[serde(default)]
+    pub fold: Option<usize>,
     /// Where in epoch `epochs_done + 1` an interrupted run stopped (None at an epoch's end).
     #[serde(default)]
     pub within_epoch: Option<WithinEpoch>,
@@ -143,6 +142,7 @@ pub struct Summary {
 /// The sections training needs, read and cross-checked before any work.
 pub struct Settings {
     pub work_dir: PathBuf,
+    pub layout: RunLayout,
     pub data: DataConfig,
     pub model: ModelConfig,
     pub train: TrainConfig,
@@ -164,6 +164,7 @@ impl Settings {
                 .into());
         }
         Ok(Settings {
+            layout: RunLayout::new(&paths.work_dir, &train.run),
             work_dir: paths.work_dir,
             data,
             model,
@@ -171,8 +172,9 @@ impl Settings {
         })
     }
 
+    /// The folder this training writes: the run's, or its fold's.
     pub fn run_dir(&self) -> PathBuf {
-        self.work_dir.join(RUNS_DIR).join(&self.train.run)
+        self.layout.training_dir(self.train.fold)
     }
 }
 
@@ -189,6 +191,9 @@ fn train_here(config: &Config, options: &TrainOptions) -> anyhow::Result<Summary
     let preprocessed = settings.work_dir.join(PREPROCESSED_DIR);
     let manifest = Manifest::load(&preprocessed.join(MANIFEST_FILE))
         .context("no preprocessed dataset: run ct-preprocess first")?;
+    if let Err(reason) = manifest.split.held_out(settings.train.fold) {
+        return Err(config.error("train.fold", reason).into());
+    }
     let multiple = settings.model.size_multiple();
     if manifest.settings.size % multiple != 0 {
         return Err(config
@@ -226,11 +231,21 @@ fn run(
     let start = Instant::now();
     let train_cfg = &settings.train;
     let context = settings.data.context;
-    let train_set = Arc::new(SliceDataset::open(preprocessed, Split::Train, context)?);
+    let run_dir = settings.run_dir();
+    // One writer per run folder, taken before anything in it is looked at.
+    let _lock = ct_io::lock::lock_folder(&run_dir)?;
+    let fold = train_cfg.fold;
+    let train_set = Arc::new(SliceDataset::open(
+        preprocessed,
+        Split::Train,
+        fold,
+        context,
+    )?);
     anyhow::ensure!(!train_set.is_empty(), "the training split has no slices");
     let val_set = Arc::new(SliceDataset::open(
         preprocessed,
         Split::Validation,
+        fold,
         context,
     )?);
     if val_set.is_empty() {
@@ -247,7 +262,6 @@ fn run(
         train_cfg.batch_size
     );
 
-    let run_dir = settings.run_dir();
     let last_dir = run_dir.join(LAST);
     let preprocess_json = serde_json::to_value(&manifest.settings)?;
     let adam_params = AdamParams {
@@ -296,7 +310,7 @@ fn run(
     } else {
         if last_dir.exists() {
             bail!(
-                "{} already holds a run; continue it with --resume, or choose another train.run",
+                "{} already holds a training; continue it with --resume, or choose another train.run",
                 run_dir.display()
             );
         }
@@ -304,6 +318,7 @@ fn run(
         let adam = Adam::new(model.trainable_vars(), adam_params)?;
         let progress = Progress {
             run: train_cfg.run.clone(),
+            fold,
             ..Progress::default()
         };
         (model, adam, progress, Vec::new())

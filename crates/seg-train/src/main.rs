@@ -21,12 +21,19 @@ struct Args {
     /// cpu, cuda:N or auto (overrides [train] device).
     #[arg(long)]
     device: Option<String>,
+    /// For a K-fold dataset ([preprocess] folds = K): hold out fold k (0..K-1) and train into
+    /// runs/<run>/fold_<k>/ (overrides [train] fold).
+    #[arg(long, value_name = "K")]
+    fold: Option<usize>,
 }
 
 fn main() -> ExitCode {
     seg_model::memory::reuse_freed_memory();
     ct_io::cli::init_tracing();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(fold) = args.fold {
+        args.config.overrides.push(format!("train.fold={fold}"));
+    }
     ct_io::cli::run(|| {
         let config = args.config.load()?;
         let stop = Arc::new(AtomicBool::new(false));

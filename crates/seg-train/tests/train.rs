@@ -329,6 +329,93 @@ fn ctrl_c_sigterm_or_sigkill_mid_epoch_then_resume_equal_an_uninterrupted_run() 
 }
 
 #[test]
+fn each_fold_trains_into_its_own_folder_and_a_run_has_one_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    ct_preprocess::run(&load(&config, &["preprocess.folds=2"])).unwrap();
+    let manifest = ct_preprocess::manifest::Manifest::load(
+        &dir.path().join("work/preprocessed/manifest.json"),
+    )
+    .unwrap();
+    assert_eq!(manifest.split.fold_count(), 2);
+    let bin = env!("CARGO_BIN_EXE_seg-train");
+    let run = |extra: &[&str]| {
+        Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (extra, says) in [
+        (&[][..], "train.fold: the dataset is split into 2 folds"),
+        (&["--fold", "2"][..], "fold 2 does not exist"),
+    ] {
+        let out = run(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+
+    // A first training of fold 0; a second one started meanwhile is refused.
+    let fold_dir = dir.path().join("work/runs/default/fold_0");
+    let mut first = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(DEMO_RECIPE.iter().flat_map(|s| ["--set", s]))
+        .args(["--fold", "0"])
+        .env("RUST_LOG", "info,seg_train=debug")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("epoch 1 batch 2 of") {
+            break;
+        }
+    }
+    assert!(log.contains("epoch 1 batch 2 of"), "{log}");
+    let second = run(&["--fold", "0"]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&fold_dir.display().to_string())
+            && stderr.contains(&format!("process {}", first.id())),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one line naming the folder and the holder: {stderr}"
+    );
+    // Killed with SIGKILL, the first leaves its lock behind in no way that blocks.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let out = run(&["--fold", "0", "--set", "train.epochs=1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Fold 0 trained on fold 1's cases and validated on its own.
+    let held = manifest.split.held_out(Some(0)).unwrap();
+    let slices = |ids: &[String]| manifest.slices_of_cases(ids).count();
+    assert!(
+        stderr.contains(&format!("on {} slices (", slices(&held.train)))
+            && stderr.contains(&format!(
+                "validating on {} slices",
+                slices(&held.validation)
+            )),
+        "{stderr}"
+    );
+    let (_, info) = Model::load(&fold_dir.join("best"), &Device::Cpu).unwrap();
+    assert_eq!(info.extra["fold"], 0);
+    assert!(!dir.path().join("work/runs/default/best").exists());
+}
+
+#[test]
 fn the_weights_are_the_same_with_1_2_or_4_threads() {
     // Batches of 3: one thread and two run each convolution sample by sample, four split each
     // sample's matrix products among them (seg-model's conv picks by the thread count).
