@@ -763,7 +763,7 @@ pub(crate) fn infer_rows(
     device: &candle_core::Device,
     dir: Option<&Path>,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    use seg_eval::predict::{PredictOptions, Predictor, plan, run_job};
+    use seg_eval::predict::{PredictOptions, Predictor, Tta, plan, run_job};
     use seg_model::{Model, ModelConfig};
 
     let config = ct_io::config::Config::load(config, &[])?;
@@ -784,12 +784,39 @@ pub(crate) fn infer_rows(
         .into_iter()
         .next()
         .context("no phantom written")?;
-    let mut networks = vec![("demo", demo_model, demo_preprocess)];
+    // The demo network alone, mirrored (flip TTA), as a 5-fold ensemble and both; the
+    // reference network alone.
+    let mut networks = vec![
+        (
+            "demo",
+            demo_model.clone(),
+            demo_preprocess.clone(),
+            1,
+            Tta::None,
+        ),
+        (
+            "demo",
+            demo_model.clone(),
+            demo_preprocess.clone(),
+            1,
+            Tta::Flip,
+        ),
+        (
+            "demo",
+            demo_model.clone(),
+            demo_preprocess.clone(),
+            5,
+            Tta::None,
+        ),
+        ("demo", demo_model, demo_preprocess, 5, Tta::Flip),
+    ];
     if !demo_only {
         networks.push((
             "reference",
             ModelConfig::default(),
             PreprocessConfig::default(),
+            1,
+            Tta::None,
         ));
     }
     println!(
@@ -798,28 +825,46 @@ pub(crate) fn infer_rows(
         rayon::current_num_threads()
     );
     println!(
-        "{:>10} {:>6} {:>6} {:>12} {:>10} {:>12}",
-        "network", "width", "input", "parameters", "seconds", "slices/s"
+        "{:>10} {:>6} {:>6} {:>12} {:>7} {:>5} {:>10} {:>12}",
+        "network", "width", "input", "parameters", "models", "tta", "seconds", "slices/s"
     );
     let mut rows = Vec::new();
-    for (name, model_config, preprocess) in networks {
-        let checkpoint = dir.join(format!("checkpoint_{name}"));
-        let model = Model::new(&model_config, &candle_core::Device::Cpu)?;
-        model.save(
-            &checkpoint,
-            Some(serde_json::to_value(&preprocess)?),
-            serde_json::Value::Null,
-        )?;
-        let predictor = Predictor::load(&checkpoint, device, PredictOptions::default())?;
+    for (name, model_config, preprocess, models, tta) in networks {
+        let checkpoints: Vec<PathBuf> = (0..models)
+            .map(|k| {
+                let checkpoint = dir.join(format!("checkpoint_{name}_{k}"));
+                let model = Model::new(
+                    &ModelConfig {
+                        init_seed: k as u64,
+                        ..model_config.clone()
+                    },
+                    &candle_core::Device::Cpu,
+                )?;
+                model.save(
+                    &checkpoint,
+                    Some(serde_json::to_value(&preprocess)?),
+                    serde_json::Value::Null,
+                )?;
+                Ok(checkpoint)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let options = PredictOptions {
+            tta,
+            ..PredictOptions::default()
+        };
+        let predictor = Predictor::load_ensemble(&checkpoints, device, options)?;
         let job = plan(&input, &dir.join(format!("mask_{name}.nii.gz")), false)?.remove(0);
         let report = run_job(&predictor, &job)?;
         let kept = report.notes.kept_slices[1] - report.notes.kept_slices[0];
+        let parameters = Model::new(&model_config, &candle_core::Device::Cpu)?.parameter_count();
         println!(
-            "{:>10} {:>6} {:>6} {:>12} {:>10.1} {:>12.1}",
+            "{:>10} {:>6} {:>6} {:>12} {:>7} {:>5} {:>10.1} {:>12.1}",
             name,
             model_config.width,
             preprocess.size,
-            model.parameter_count(),
+            parameters,
+            models,
+            tta.name(),
             report.seconds,
             kept as f64 / report.seconds
         );
@@ -827,7 +872,9 @@ pub(crate) fn infer_rows(
             "network": name,
             "width": model_config.width,
             "input_size": preprocess.size,
-            "parameters": model.parameter_count(),
+            "parameters": parameters,
+            "models": models,
+            "tta": tta.name(),
             "seconds": report.seconds,
             "slices_predicted": kept,
         }));

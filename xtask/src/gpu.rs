@@ -152,10 +152,12 @@ pub fn gpu_check(args: GpuCheckArgs) -> anyhow::Result<()> {
         let seconds = row["seconds"].as_f64().unwrap_or(f64::NAN);
         rows.push(Row {
             check: format!(
-                "predict one 512x512x300 CT end to end, {} network (width {}, {}² input)",
+                "predict one 512x512x300 CT end to end, {} network (width {}, {}² input, {} model(s), TTA {})",
                 row["network"].as_str().unwrap_or("?"),
                 row["width"],
-                row["input_size"]
+                row["input_size"],
+                row["models"],
+                row["tta"].as_str().unwrap_or("?")
             ),
             result: format!("{seconds:.2} s (target < 5 s: {})", met(seconds < 5.0)),
             passed: None,

@@ -46,26 +46,16 @@ impl PostProcessing {
 
     /// Which components of a table these rules keep.
     fn keeps(&self, table: &ComponentTable) -> Vec<bool> {
-        let mut order: Vec<usize> = (0..table.components.len())
-            .filter(|&n| !self.lung_constraint || table.components[n].in_lungs)
-            .collect();
-        order.sort_by_key(|&n| std::cmp::Reverse(table.components[n].voxels));
-        let limit = if self.keep_largest == 0 {
-            usize::MAX
-        } else {
-            self.keep_largest
-        };
-        let mut kept = vec![false; table.components.len()];
-        for &n in order
-            .iter()
-            .filter(|&&n| {
-                table.components[n].voxels as f64 * table.voxel_mm3 >= self.min_component_mm3
-            })
-            .take(limit)
-        {
-            kept[n] = true;
-        }
-        kept
+        let sizes: Vec<u64> = table.components.iter().map(|c| c.voxels).collect();
+        let candidates =
+            (0..sizes.len()).filter(|&n| !self.lung_constraint || table.components[n].in_lungs);
+        keep_by_size(
+            &sizes,
+            candidates,
+            table.voxel_mm3,
+            self.min_component_mm3,
+            self.keep_largest,
+        )
     }
 
     /// The case's Dice with these rules (None when both masks end up empty).
@@ -292,25 +282,38 @@ pub fn postprocess(
         return 0;
     }
     let components = Components::of(mask.view());
-    let voxel_mm3 = spacing.iter().product::<f64>();
-    let sizes = components.sizes();
-    let mut order: Vec<usize> = (0..sizes.len()).collect();
-    order.sort_by_key(|&n| std::cmp::Reverse(sizes[n]));
-    let limit = if keep_largest == 0 {
-        usize::MAX
-    } else {
-        keep_largest
-    };
-    let mut kept = vec![false; sizes.len()];
-    for &n in order
-        .iter()
-        .filter(|&&n| sizes[n] as f64 * voxel_mm3 >= min_mm3)
-        .take(limit)
-    {
-        kept[n] = true;
-    }
+    let kept = keep_by_size(
+        components.sizes(),
+        0..components.count(),
+        spacing.iter().product(),
+        min_mm3,
+        keep_largest,
+    );
     components.retain(mask.view_mut(), |n| kept[n]);
     kept.iter().filter(|k| !**k).count()
+}
+
+/// Of the `candidates` among components of `sizes` voxels, those of at least `min_mm3` and, of
+/// these, the `keep_largest` largest (0: all).
+fn keep_by_size(
+    sizes: &[u64],
+    candidates: impl Iterator<Item = usize>,
+    voxel_mm3: f64,
+    min_mm3: f64,
+    keep_largest: usize,
+) -> Vec<bool> {
+    let mut order: Vec<usize> = candidates
+        .filter(|&n| sizes[n] as f64 * voxel_mm3 >= min_mm3)
+        .collect();
+    order.sort_by_key(|&n| std::cmp::Reverse(sizes[n]));
+    if keep_largest > 0 {
+        order.truncate(keep_largest);
+    }
+    let mut kept = vec![false; sizes.len()];
+    for n in order {
+        kept[n] = true;
+    }
+    kept
 }
 
 /// Clears the components of `mask` that touch no voxel of `allowed` (the grown lung mask, of the

@@ -315,6 +315,7 @@ fn evaluate_pair(id: &str, pred: &Path, reference: &Path) -> anyhow::Result<Case
 /// Writes `per_case.csv` and `summary.json` into `out` (each atomically).
 pub fn write_results(out: &Path, cases: &[CaseMetrics], summary: &Summary) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let _lock = ct_io::lock::lock_folder(out)?;
     let mut csv = String::from(
         "case,dice,iou,precision,recall,hd95_mm,reference_ml,predicted_ml,\
          reference_lesions,detected_lesions,missed_lesions,false_positive_lesions\n",

@@ -106,10 +106,18 @@ pub fn write_unlabelled_report(
         per_case: &[],
         summary: None,
         curves: None,
-        facts: vec![
+        facts: [
             ("CTs".to_string(), cts.display().to_string()),
             ("predictions".to_string(), predictions.display().to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            notes
+                .values()
+                .next()
+                .map(|n| ("prediction".to_string(), n.method())),
+        )
+        .collect(),
         slices_per_case: 1,
         window,
     };
@@ -124,6 +132,7 @@ pub fn write_report(inputs: &ReportInputs, out: &Path) -> anyhow::Result<PathBuf
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)
         .with_context(|| format!("{}: cannot create", parent.display()))?;
+    let _lock = ct_io::lock::lock_folder(out)?;
     let name = out.file_name().unwrap_or_default().to_string_lossy();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = build(inputs, &tmp).and_then(|()| {

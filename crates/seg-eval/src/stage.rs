@@ -317,6 +317,16 @@ fn predict_folder(
             continue;
         }
         let predictor = Predictor::load_ensemble(&group.checkpoints, device, options.clone())?;
+        bar.suspend(|| {
+            tracing::info!(
+                "{}: {} case(s) with {} model(s), test-time augmentation {}, post-processing: {}",
+                folder.display(),
+                jobs.len(),
+                predictor.models(),
+                options.tta.name(),
+                options.postprocessing
+            )
+        });
         for job in jobs {
             let report = run_job(&predictor, job)?;
             if report.notes.lung_ml.is_none() {

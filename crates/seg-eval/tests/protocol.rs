@@ -49,6 +49,16 @@ fn phantoms(dir: &Path) {
     write_task(&dir.join("task"), &synth).unwrap();
 }
 
+/// The slices of `config`'s `[preprocess]`, for checkpoints made outside the stages.
+fn tiny_preprocessing() -> PreprocessConfig {
+    PreprocessConfig {
+        size: 32,
+        crop_slices: 2,
+        window: vec![-1000.0, 400.0],
+        ..PreprocessConfig::default()
+    }
+}
+
 /// An untrained U-Net (its own initialisation per seed) saved as a checkpoint of `preprocess`.
 fn save_model(path: &Path, init_seed: u64, preprocess: &PreprocessConfig) {
     let model = ModelConfig {
@@ -203,12 +213,7 @@ fn every_case_is_predicted_out_of_fold_and_new_cases_by_the_fold_ensemble() {
 fn an_ensemble_averages_its_models_and_refuses_other_preprocessing() {
     let dir = tempfile::tempdir().unwrap();
     phantoms(dir.path());
-    let preprocess = PreprocessConfig {
-        size: 32,
-        crop_slices: 2,
-        window: vec![-1000.0, 400.0],
-        ..PreprocessConfig::default()
-    };
+    let preprocess = tiny_preprocessing();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     save_model(&a, 1, &preprocess);
     save_model(&b, 2, &preprocess);
@@ -301,12 +306,7 @@ fn symmetrise(path: &Path) {
 fn flip_tta_mirrors_back_what_it_mirrored() {
     let dir = tempfile::tempdir().unwrap();
     phantoms(dir.path());
-    let preprocess = PreprocessConfig {
-        size: 32,
-        crop_slices: 2,
-        window: vec![-1000.0, 400.0],
-        ..PreprocessConfig::default()
-    };
+    let preprocess = tiny_preprocessing();
     let cpu = candle_core::Device::Cpu;
     let image = dir.path().join("task/imagesTr/lung_002.nii.gz");
     let volume = read_volume(&image).unwrap();

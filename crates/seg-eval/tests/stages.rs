@@ -216,6 +216,10 @@ fn the_stages_predict_evaluate_and_report_a_run() {
     assert!(viewers[0]["reference"].as_array().unwrap().is_empty());
     assert!(html.contains("without references") && !html.contains(">Dice<"));
     assert!(html.contains("predicted lesions"));
+    assert!(
+        html.contains("1 model, test-time augmentation none, post-processing: "),
+        "the report says how the masks were made"
+    );
     // A second report replaces the first whole.
     stage::report(&stage).unwrap();
     let leftovers: Vec<_> = std::fs::read_dir(stage.run_dir())
