@@ -988,7 +988,8 @@ pub fn real(args: RealBench) -> anyhow::Result<()> {
             .zip(&hit)
             .filter(|(_, h)| !**h)
             .map(|(n, _)| *n as f64 * voxel_ml)
-            .sum();
+            // Not `sum()`: an empty f64 sum is -0.0, printed "-0.00".
+            .fold(0.0, |total, ml| total + ml);
         let dice = match (&reference, metrics.dice) {
             (Some(_), Some(d)) => format!("{d:.3}"),
             _ => "-".to_string(),
