@@ -929,9 +929,8 @@ pub fn real(args: RealBench) -> anyhow::Result<()> {
     };
     let checkpoints = seg_eval::stage::checkpoints_of(std::slice::from_ref(&checkpoint))?;
     // As seg-eval predict: the rule the run chose on validation, if it chose one.
-    let mut postprocessing = seg_eval::stage::chosen_for(&checkpoints)
-        .map_or(PredictOptions::default().postprocessing, |(_, c)| c.chosen);
-    postprocessing.lung_constraint &= !args.no_lung_constraint;
+    let (postprocessing, _) =
+        seg_eval::stage::default_rules(&checkpoints, !args.no_lung_constraint);
     let options = PredictOptions {
         postprocessing,
         tta: args.tta,

@@ -322,23 +322,14 @@ fn choose_rules(checkpoints: &[PathBuf], a: &PredictArgs) -> anyhow::Result<Post
         );
         return Ok(rules);
     }
-    Ok(match stage::chosen_for(checkpoints) {
-        Some((path, choice)) => {
-            println!(
-                "post-processing chosen on the run's validation cases ({}): {}",
-                path.display(),
-                choice.chosen
-            );
-            PostProcessing {
-                lung_constraint: choice.chosen.lung_constraint && lung_constraint,
-                ..choice.chosen
-            }
-        }
-        None => PostProcessing {
-            lung_constraint,
-            ..PostProcessing::NONE
-        },
-    })
+    let (rules, recorded) = stage::default_rules(checkpoints, lung_constraint);
+    if let Some((path, chosen)) = recorded {
+        println!(
+            "post-processing chosen on the run's validation cases ({}): {chosen}",
+            path.display()
+        );
+    }
+    Ok(rules)
 }
 
 /// Beside each mask (`.<mask>.lungseg.json`): what it was made with, so that a rerun (of a failed
@@ -359,18 +350,10 @@ impl OutputStamp {
 
     /// The job's outputs exist, are newer than its input and were made as this stamp says.
     fn is_current(&self, job: &Job) -> bool {
-        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let Some(input) = modified(&job.input) else {
-            return false;
-        };
         let recorded = std::fs::read_to_string(Self::path(job))
             .ok()
             .and_then(|t| serde_json::from_str::<OutputStamp>(&t).ok());
-        recorded.as_ref() == Some(self)
-            && std::iter::once(&job.output)
-                .chain(job.probabilities.as_ref())
-                .chain(job.lungs.as_ref())
-                .all(|p| modified(p).is_some_and(|t| t >= input))
+        recorded.as_ref() == Some(self) && job.outputs_newer_than_input(true)
     }
 
     fn write(&self, job: &Job) -> anyhow::Result<()> {

@@ -508,6 +508,21 @@ pub struct Job {
     pub reference: Option<PathBuf>,
 }
 
+impl Job {
+    /// The mask, its probabilities and (with `lungs`) its lung mask all exist and are newer than
+    /// the input: what "current" means on disk, before the settings are compared.
+    pub fn outputs_newer_than_input(&self, lungs: bool) -> bool {
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let Some(input) = modified(&self.input) else {
+            return false;
+        };
+        std::iter::once(&self.output)
+            .chain(self.probabilities.as_ref())
+            .chain(self.lungs.as_ref().filter(|_| lungs))
+            .all(|p| modified(p).is_some_and(|t| t >= input))
+    }
+}
+
 /// Plans the jobs for `input` and `output`. A folder of NIfTI files: one mask per CT with the CT's
 /// file name in the output folder (probabilities in its `probabilities/` subfolder). A folder of
 /// DICOM files (several studies, say): one mask per volumetric CT series, `<series id>.nii.gz`

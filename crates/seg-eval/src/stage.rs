@@ -371,15 +371,7 @@ fn checkpoint_weights(checkpoint: &Path) -> anyhow::Result<PathBuf> {
 /// A mask (and its probabilities and lung mask, where it has them) that exists and is newer than
 /// its CT.
 fn is_current(job: &Job, notes: &PredictionNotes) -> bool {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let Some(input) = modified(&job.input) else {
-        return false;
-    };
-    let lungs = job.lungs.as_ref().filter(|_| notes.lung_ml.is_some());
-    std::iter::once(&job.output)
-        .chain(job.probabilities.as_ref())
-        .chain(lungs)
-        .all(|p| modified(p).is_some_and(|t| t >= input))
+    job.outputs_newer_than_input(notes.lung_ml.is_some())
 }
 
 /// The file name of a mask, the key of its notes and of its lung mask.
@@ -469,18 +461,40 @@ pub fn checkpoints_of(named: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The post-processing the run of `checkpoints` chose on validation, and where it is recorded
-/// (None unless they all come from one run that recorded a choice).
-pub fn chosen_for(checkpoints: &[PathBuf]) -> Option<(PathBuf, Choice)> {
+/// The post-processing `seg-eval predict --checkpoint` applies by default: the rule the run of
+/// `checkpoints` chose on validation, when they all come from one run that recorded a choice (also
+/// returned, with where it is recorded), else the lung constraint alone; `lung_constraint` false
+/// turns that part off either way.
+pub fn default_rules(
+    checkpoints: &[PathBuf],
+    lung_constraint: bool,
+) -> (PostProcessing, Option<(PathBuf, PostProcessing)>) {
     let mut runs: Vec<RunLayout> = checkpoints
         .iter()
         .filter_map(|c| RunLayout::of_checkpoint(c))
         .collect();
     runs.dedup();
-    match runs.as_slice() {
-        [run] => read_choice(&run.postprocessing()).map(|c| (run.postprocessing(), c)),
+    let chosen = match runs.as_slice() {
+        [run] => read_choice(&run.postprocessing()).map(|c| (c.chosen, run.postprocessing())),
         _ => None,
-    }
+    };
+    let (rules, recorded) = match chosen {
+        Some((rules, path)) => (rules, Some((path, rules))),
+        None => (
+            PostProcessing {
+                lung_constraint: true,
+                ..PostProcessing::NONE
+            },
+            None,
+        ),
+    };
+    (
+        PostProcessing {
+            lung_constraint: rules.lung_constraint && lung_constraint,
+            ..rules
+        },
+        recorded,
+    )
 }
 
 /// The post-processing chosen for a run, if it has one.
