@@ -40,6 +40,10 @@ pub struct DataConfig {
     /// Target fraction of tumour slices among sampled training slices (the reference: 0.5);
     /// 0 samples every slice with the same weight.
     pub tumour_fraction: f64,
+    /// How far the tumour draws are shared out per lesion rather than per slice (0: per slice,
+    /// the reference, so large tumours dominate; 1: every lesion, a run of tumour slices, draws
+    /// as often); above 0 a tumour patch also centres on a lesion of its slice chosen uniformly.
+    pub lesion_balance: f64,
     /// Training samples per epoch, drawn with replacement; 0 = the number of training slices.
     pub samples_per_epoch: usize,
     /// Train on square patches of this many pixels cut from the (augmented) slices, a tumour
@@ -73,6 +77,7 @@ impl Default for DataConfig {
             blur_sigma: [0.0, 0.0],
             noise_sd: [0.0, 0.0],
             tumour_fraction: 0.5,
+            lesion_balance: 0.0,
             samples_per_epoch: 0,
             patch_size: 0,
             workers: 0,
@@ -138,6 +143,9 @@ impl Section for DataConfig {
         range_within("noise_sd", self.noise_sd, 0.0, 1.0)?;
         if !(0.0..1.0).contains(&self.tumour_fraction) {
             return Err(Invalid::new("tumour_fraction", "must be in [0, 1)"));
+        }
+        if !(0.0..=1.0).contains(&self.lesion_balance) {
+            return Err(Invalid::new("lesion_balance", "must be in [0, 1]"));
         }
         if self.patch_size != 0 && !(8..=2048).contains(&self.patch_size) {
             return Err(Invalid::new(

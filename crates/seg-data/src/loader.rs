@@ -6,7 +6,8 @@ use std::thread::JoinHandle;
 
 use anyhow::Context;
 use candle_core::{Device, Tensor};
-use ndarray::s;
+use ct_preprocess::mask::Components;
+use ndarray::{Array2, Axis, s};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -15,7 +16,7 @@ use crate::augment::{Appearance, Transform};
 use crate::config::DataConfig;
 use crate::dataset::{Sample, SliceDataset};
 use crate::mix;
-use crate::sampler::WeightedSampler;
+use crate::sampler::{WeightedSampler, lesion_shares};
 
 /// A batch: `images` `[B, C, H, W]` f32, `masks` `[B, 1, H, W]` f32 (0 or 1), and the dataset
 /// indices of its samples.
@@ -63,19 +64,21 @@ impl Loader {
         })
     }
 
-    /// The training sampler of `[data]`: tumour oversampling over this dataset's slices.
+    /// The training sampler of `[data]`: tumour oversampling over this dataset's slices, shared
+    /// among lesions as `lesion_balance` says.
     pub fn sampler(&self) -> anyhow::Result<WeightedSampler> {
-        let has_tumour: Vec<bool> = self
+        let slices: Vec<(usize, usize, bool)> = self
             .dataset
             .items()
             .iter()
-            .map(|i| i.tumour_voxels > 0)
+            .map(|i| (i.case, i.slice, i.tumour_voxels > 0))
             .collect();
         let samples = match self.config.samples_per_epoch {
             0 => self.dataset.len(),
             n => n,
         };
-        WeightedSampler::for_tumour_fraction(&has_tumour, self.config.tumour_fraction, samples)
+        let shares = lesion_shares(&slices, self.config.lesion_balance);
+        WeightedSampler::for_tumour_shares(&shares, self.config.tumour_fraction, samples)
     }
 
     /// The training batches of `epoch`: sampled slices, augmented when `[data] augment` is on and
@@ -191,23 +194,29 @@ pub fn prepare(
             Appearance::sample(config, &mut rng).apply(&mut sample);
         }
         if config.patch_size > 0 {
-            sample = patch(&sample, config.patch_size, &mut rng);
+            let by_lesion = config.lesion_balance > 0.0;
+            sample = patch(&sample, config.patch_size, by_lesion, &mut rng);
         }
     }
     Ok(sample)
 }
 
-/// A `size` x `size` window of `sample`: around a random tumour pixel (at a random place in the
-/// window) when the sample has tumour, anywhere otherwise.
-fn patch(sample: &Sample, size: usize, rng: &mut impl Rng) -> Sample {
+/// A `size` x `size` window of `sample`: around a tumour pixel (at a random place in the window)
+/// when the sample has tumour, anywhere otherwise. The pixel is drawn uniformly from all tumour
+/// pixels, or `by_lesion` from one of the slice's tumour components drawn uniformly, so that a
+/// small nodule beside a large mass is centred as often as the mass.
+fn patch(sample: &Sample, size: usize, by_lesion: bool, rng: &mut impl Rng) -> Sample {
     let (h, w) = sample.mask.dim();
     let size = size.min(h).min(w);
-    let tumour: Vec<(usize, usize)> = sample
+    let mut tumour: Vec<(usize, usize)> = sample
         .mask
         .indexed_iter()
         .filter(|(_, m)| **m != 0)
         .map(|(at, _)| at)
         .collect();
+    if by_lesion && !tumour.is_empty() {
+        tumour = pixels_of_one_component(&sample.mask, rng);
+    }
     let (top, left) = match tumour.len() {
         0 => (
             rng.random_range(0..=h - size),
@@ -233,6 +242,19 @@ fn patch(sample: &Sample, size: usize, rng: &mut impl Rng) -> Sample {
     }
 }
 
+/// The pixels of one connected tumour component of `mask` (8-connected), drawn uniformly.
+fn pixels_of_one_component(mask: &Array2<u8>, rng: &mut impl Rng) -> Vec<(usize, usize)> {
+    let components = Components::of(mask.view().insert_axis(Axis(2)));
+    let chosen = rng.random_range(0..components.count()) as u32 + 1;
+    let mut pixels = Vec::new();
+    components.for_each_voxel(|[r, c, _], label| {
+        if label == chosen {
+            pixels.push((r, c));
+        }
+    });
+    pixels
+}
+
 /// The batches of one pass, in plan order. Dropping it stops the background work.
 pub struct Batches {
     receiver: Receiver<anyhow::Result<Batch>>,
@@ -254,5 +276,42 @@ impl Drop for Batches {
         if let Some(producer) = self.producer.take() {
             let _ = producer.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array3;
+
+    /// How often a 16-pixel tumour patch holds a 2x2 nodule beside a 20x20 mass.
+    fn nodule_share(by_lesion: bool) -> f64 {
+        let mut mask = Array2::<u8>::zeros((96, 96));
+        mask.slice_mut(s![4..24, 4..24]).fill(1);
+        mask.slice_mut(s![80..82, 80..82]).fill(1);
+        // The image marks the nodule alone, so a patch shows whether it holds the nodule.
+        let mut image = Array3::<f32>::zeros((1, 96, 96));
+        image.slice_mut(s![.., 80..82, 80..82]).fill(1.0);
+        let sample = Sample { image, mask };
+        let trials = 4000;
+        let hits = (0..trials)
+            .filter(|&seed| {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let cut = patch(&sample, 16, by_lesion, &mut rng);
+                cut.image.sum() > 0.0
+            })
+            .count();
+        hits as f64 / trials as f64
+    }
+
+    #[test]
+    fn a_lesion_balanced_patch_centres_on_the_nodule_as_often_as_on_the_mass() {
+        let pixel_uniform = nodule_share(false);
+        assert!(pixel_uniform < 0.03, "by pixel: {pixel_uniform}");
+        let lesion_uniform = nodule_share(true);
+        assert!(
+            (lesion_uniform - 0.5).abs() < 0.04,
+            "by lesion: {lesion_uniform}"
+        );
     }
 }

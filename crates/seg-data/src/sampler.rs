@@ -45,17 +45,38 @@ impl WeightedSampler {
         fraction: f64,
         samples: usize,
     ) -> anyhow::Result<WeightedSampler> {
-        let tumour = has_tumour.iter().filter(|t| **t).count();
-        let empty = has_tumour.len() - tumour;
-        let tumour_weight = if fraction > 0.0 && tumour > 0 && empty > 0 {
-            fraction / (1.0 - fraction) * empty as f64 / tumour as f64
+        let shares: Vec<f64> = has_tumour.iter().map(|&t| f64::from(u8::from(t))).collect();
+        WeightedSampler::for_tumour_shares(&shares, fraction, samples)
+    }
+
+    /// As [`WeightedSampler::for_tumour_fraction`], the tumour slices' part of the draws shared
+    /// among them in proportion to `shares` (0: a slice without tumour).
+    pub fn for_tumour_shares(
+        shares: &[f64],
+        fraction: f64,
+        samples: usize,
+    ) -> anyhow::Result<WeightedSampler> {
+        ensure!(
+            shares.iter().all(|w| w.is_finite() && *w >= 0.0),
+            "tumour shares must be finite and non-negative"
+        );
+        let tumour: f64 = shares.iter().sum();
+        let empty = shares.iter().filter(|s| **s == 0.0).count();
+        let weights = if fraction > 0.0 && tumour > 0.0 && empty > 0 {
+            let tumour_part = fraction / (1.0 - fraction) * empty as f64;
+            shares
+                .iter()
+                .map(|&s| {
+                    if s > 0.0 {
+                        tumour_part * s / tumour
+                    } else {
+                        1.0
+                    }
+                })
+                .collect()
         } else {
-            1.0
+            vec![1.0; shares.len()]
         };
-        let weights = has_tumour
-            .iter()
-            .map(|&t| if t { tumour_weight } else { 1.0 })
-            .collect();
         WeightedSampler::new(weights, samples)
     }
 
@@ -81,4 +102,29 @@ impl WeightedSampler {
             })
             .collect()
     }
+}
+
+/// Each slice's tumour share when a lesion, taken as a run of consecutive tumour slices of one
+/// case, should weigh `length^(1 - balance)` in all: at 0 every tumour slice weighs the same (a
+/// 40 mm mass then draws ten times a 4 mm nodule's samples), at 1 every lesion does. `slices`
+/// holds `(case, slice, has tumour)` in case-then-slice order; slices without tumour get 0.
+pub fn lesion_shares(slices: &[(usize, usize, bool)], balance: f64) -> Vec<f64> {
+    let mut shares = vec![0.0; slices.len()];
+    let mut start = 0;
+    while start < slices.len() {
+        let (case, slice, tumour) = slices[start];
+        if !tumour {
+            start += 1;
+            continue;
+        }
+        let length = slices[start..]
+            .iter()
+            .zip(slice..)
+            .take_while(|((c, s, t), expected)| *c == case && *s == *expected && *t)
+            .count();
+        let share = (length as f64).powf(-balance);
+        shares[start..start + length].fill(share);
+        start += length;
+    }
+    shares
 }

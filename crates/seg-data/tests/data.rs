@@ -13,6 +13,7 @@ use ndarray_npy::read_npy;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use seg_data::augment::{Appearance, Transform};
+use seg_data::sampler::lesion_shares;
 use seg_data::{DataConfig, Loader, Sample, SliceDataset, WeightedSampler};
 
 /// A preprocessed dataset of 4 small phantoms (32x32 slices), one case held out.
@@ -259,6 +260,59 @@ fn the_tumour_fraction_reaches_its_target() {
 }
 
 #[test]
+fn lesion_balance_shares_the_tumour_draws_per_lesion() {
+    // Case 0: a 6-slice mass (slices 2-7) and a 1-slice nodule (slice 10); case 1: a 3-slice
+    // lesion on its slices 0-2, which a tumour on case 0's last slice must not run into.
+    let mut slices: Vec<(usize, usize, bool)> = (0..12)
+        .map(|z| (0, z, (2..8).contains(&z) || z == 10 || z == 11))
+        .collect();
+    slices[11].2 = false;
+    slices.extend((0..6).map(|z| (1, z, z < 3)));
+    slices.push((2, 0, false));
+    let lesions: [&[usize]; 3] = [&[2, 3, 4, 5, 6, 7], &[10], &[12, 13, 14]];
+    let is_tumour = |i: usize| slices[i].2;
+    let per_slice = lesion_shares(&slices, 0.0);
+    assert!((0..slices.len()).all(|i| per_slice[i] == f64::from(u8::from(is_tumour(i)))));
+    // The weights at balance 0 are the reference's, bit for bit.
+    let has_tumour: Vec<bool> = slices.iter().map(|s| s.2).collect();
+    assert_eq!(
+        WeightedSampler::for_tumour_shares(&per_slice, 0.5, 10)
+            .unwrap()
+            .weights(),
+        WeightedSampler::for_tumour_fraction(&has_tumour, 0.5, 10)
+            .unwrap()
+            .weights()
+    );
+    for balance in [0.5, 1.0] {
+        let shares = lesion_shares(&slices, balance);
+        let sampler = WeightedSampler::for_tumour_shares(&shares, 0.5, 200_000).unwrap();
+        let draws = sampler.epoch(3, 0);
+        let fraction = draws.iter().filter(|&&i| is_tumour(i)).count() as f64 / draws.len() as f64;
+        assert!(
+            (fraction - 0.5).abs() < 0.01,
+            "{balance}: tumour fraction {fraction}"
+        );
+        // Each lesion draws in proportion to length^(1 - balance).
+        let drawn = |lesion: &[usize]| {
+            draws.iter().filter(|i| lesion.contains(i)).count() as f64 / draws.len() as f64
+        };
+        let expected: Vec<f64> = lesions
+            .iter()
+            .map(|l| (l.len() as f64).powf(1.0 - balance))
+            .collect();
+        let total: f64 = expected.iter().sum();
+        for (lesion, e) in lesions.iter().zip(&expected) {
+            let want = 0.5 * e / total;
+            let got = drawn(lesion);
+            assert!(
+                (got - want).abs() < 0.005,
+                "{balance} {lesion:?}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
 fn batches_are_the_same_whatever_the_number_of_workers() {
     let dir = tempfile::tempdir().unwrap();
     let root = dataset_dir(dir.path());
@@ -475,6 +529,7 @@ fn bad_data_settings_are_refused_by_key() {
     for (set, key) in [
         ("data.scale=[1.2, 0.9]", "data.scale"),
         ("data.tumour_fraction=1.0", "data.tumour_fraction"),
+        ("data.lesion_balance=1.5", "data.lesion_balance"),
         ("data.prefetch=0", "data.prefetch"),
         ("data.elastic_sigma=[0.0, 8.0]", "data.elastic_sigma"),
         ("data.gamma=[0.0, 1.5]", "data.gamma"),
