@@ -208,15 +208,16 @@ pub fn prepare(
 fn patch(sample: &Sample, size: usize, by_lesion: bool, rng: &mut impl Rng) -> Sample {
     let (h, w) = sample.mask.dim();
     let size = size.min(h).min(w);
-    let mut tumour: Vec<(usize, usize)> = sample
-        .mask
-        .indexed_iter()
-        .filter(|(_, m)| **m != 0)
-        .map(|(at, _)| at)
-        .collect();
-    if by_lesion && !tumour.is_empty() {
-        tumour = pixels_of_one_component(&sample.mask, rng);
-    }
+    let tumour: Vec<(usize, usize)> = if by_lesion {
+        pixels_of_one_component(&sample.mask, rng)
+    } else {
+        sample
+            .mask
+            .indexed_iter()
+            .filter(|(_, m)| **m != 0)
+            .map(|(at, _)| at)
+            .collect()
+    };
     let (top, left) = match tumour.len() {
         0 => (
             rng.random_range(0..=h - size),
@@ -242,9 +243,13 @@ fn patch(sample: &Sample, size: usize, by_lesion: bool, rng: &mut impl Rng) -> S
     }
 }
 
-/// The pixels of one connected tumour component of `mask` (8-connected), drawn uniformly.
+/// The pixels of one connected tumour component of `mask` (8-connected), drawn uniformly; none
+/// (and no draw) when the mask is empty.
 fn pixels_of_one_component(mask: &Array2<u8>, rng: &mut impl Rng) -> Vec<(usize, usize)> {
     let components = Components::of(mask.view().insert_axis(Axis(2)));
+    if components.count() == 0 {
+        return Vec::new();
+    }
     let chosen = rng.random_range(0..components.count()) as u32 + 1;
     let mut pixels = Vec::new();
     components.for_each_voxel(|[r, c, _], label| {
