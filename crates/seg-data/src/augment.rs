@@ -24,6 +24,7 @@ pub struct Transform {
     /// (rows, columns).
     pub displacement: Option<(Array2<f32>, Array2<f32>)>,
     pub flip_lr: bool,
+    pub flip_ap: bool,
     /// Intensity: value x gain + bias.
     pub gain: f32,
     pub bias: f32,
@@ -36,6 +37,7 @@ impl Transform {
             shift: [0.0, 0.0],
             displacement: None,
             flip_lr: false,
+            flip_ap: false,
             gain: 1.0,
             bias: 0.0,
         }
@@ -70,6 +72,7 @@ impl Transform {
             )
         });
         let flip_lr = config.flip_lr && rng.random_bool(0.5);
+        let flip_ap = config.flip_ap && rng.random_bool(0.5);
         let j = config.intensity_jitter;
         let (gain, bias) = if j > 0.0 {
             (1.0 + rng.random_range(-j..=j), rng.random_range(-j..=j))
@@ -81,6 +84,7 @@ impl Transform {
             shift,
             displacement,
             flip_lr,
+            flip_ap,
             gain,
             bias,
         }
@@ -98,6 +102,7 @@ impl Transform {
         let sy = self.linear[0][0] * y + self.linear[0][1] * x + self.shift[0] + centre;
         let sx = self.linear[1][0] * y + self.linear[1][1] * x + self.shift[1] + centre;
         let sx = if self.flip_lr { 2.0 * centre - sx } else { sx };
+        let sy = if self.flip_ap { 2.0 * centre - sy } else { sy };
         (sy, sx)
     }
 

@@ -23,6 +23,10 @@ pub struct DataConfig {
     pub elastic_sigma: [f32; 2],
     /// Mirror left-right with probability 0.5.
     pub flip_lr: bool,
+    /// Mirror front-back with probability 0.5. With `flip_lr`, the network sees the four mirror
+    /// images that `[eval] tta = "flip"` averages (nnU-Net mirrors in training as in testing);
+    /// a network that never saw them is misled by them.
+    pub flip_ap: bool,
     /// Multiply intensities by 1 + u and add v, u, v drawn from ±`intensity_jitter` (0 = off).
     pub intensity_jitter: f32,
     /// Domain randomisation (training only, with `augment`), each drawn uniformly from `[lo, hi]`:
@@ -70,6 +74,7 @@ impl Default for DataConfig {
             elastic_alpha: [0.0, 40.0],
             elastic_sigma: [4.0, 8.0],
             flip_lr: false,
+            flip_ap: false,
             intensity_jitter: 0.0,
             gamma: [1.0, 1.0],
             slice_blend: [0.0, 0.0],

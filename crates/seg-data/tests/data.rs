@@ -64,9 +64,53 @@ fn the_identity_transform_returns_the_input_exactly() {
 }
 
 #[test]
+fn the_mirrors_are_the_predictors_test_time_mirrors_each_drawn_half_the_time() {
+    // Slices are [row = front-back, column = left-right], as the predictor mirrors them.
+    let size = 16;
+    let mut image = Array3::zeros((1, size, size));
+    image[[0, 2, 5]] = 1.0;
+    let sample = Sample {
+        mask: image.slice(s![0, .., ..]).mapv(|v: f32| v as u8),
+        image,
+    };
+    let mirrored = |lr: bool, ap: bool| {
+        let t = Transform {
+            flip_lr: lr,
+            flip_ap: ap,
+            ..Transform::identity()
+        };
+        let out = t.apply(&sample, 0.0);
+        let at: Vec<(usize, usize)> = out
+            .mask
+            .indexed_iter()
+            .filter(|(_, m)| **m == 1)
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(out.image[[0, at[0].0, at[0].1]], 1.0);
+        at
+    };
+    assert_eq!(mirrored(true, false), [(2, size - 1 - 5)]);
+    assert_eq!(mirrored(false, true), [(size - 1 - 2, 5)]);
+    assert_eq!(mirrored(true, true), [(size - 1 - 2, size - 1 - 5)]);
+    let config = DataConfig {
+        flip_lr: true,
+        flip_ap: true,
+        ..DataConfig::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut counts = [0usize; 4];
+    for _ in 0..400 {
+        let t = Transform::sample(&config, size, &mut rng);
+        counts[usize::from(t.flip_lr) + 2 * usize::from(t.flip_ap)] += 1;
+    }
+    assert!(counts.iter().all(|&n| (70..130).contains(&n)), "{counts:?}");
+}
+
+#[test]
 fn image_and_mask_stay_aligned_under_any_sampled_transform() {
     let config = DataConfig {
         flip_lr: true,
+        flip_ap: true,
         ..DataConfig::default()
     };
     let sample = square_sample(64, 0.0);

@@ -150,6 +150,18 @@ impl PredictedLungs {
     }
 }
 
+/// Whether the training of `checkpoint` saw the mirror images that flip TTA averages in, as the
+/// resolved config beside it records; None without such a record (e.g. an imported checkpoint).
+fn trained_with_mirrors(checkpoint: &Path) -> Option<bool> {
+    let resolved = checkpoint
+        .parent()?
+        .join(ct_io::layout::RESOLVED_CONFIG_FILE);
+    let config: toml::Table = std::fs::read_to_string(resolved).ok()?.parse().ok()?;
+    let data = config.get("data")?;
+    let on = |key: &str| data.get(key).and_then(toml::Value::as_bool) == Some(true);
+    Some(on("flip_lr") && on("flip_ap"))
+}
+
 /// One model of a predictor.
 struct Member {
     model: Model,
@@ -188,8 +200,12 @@ impl Predictor {
         let mut members = Vec::new();
         let mut first: Option<(PathBuf, PreprocessConfig)> = None;
         let mut names = Vec::new();
+        let mut unmirrored = Vec::new();
         for checkpoint in checkpoints {
             let (model, info) = Model::load(checkpoint, device)?;
+            if options.tta == Tta::Flip && trained_with_mirrors(checkpoint) == Some(false) {
+                unmirrored.push(checkpoint.display().to_string());
+            }
             let preprocess = checkpoint_preprocessing(checkpoint, &info)?;
             let multiple = info.model.size_multiple();
             ensure!(
@@ -232,6 +248,14 @@ impl Predictor {
             }
             names.push(name);
             members.push(Member { model, info });
+        }
+        if !unmirrored.is_empty() {
+            tracing::warn!(
+                "{}: trained without mirror images ([data] flip_lr and flip_ap not both on in its \
+                 run's config.toml), so flip TTA averages in views the network never saw; on the \
+                 demo phantoms that lowered the validation Dice from 0.58 to 0.40",
+                unmirrored.join(", ")
+            );
         }
         let identity = match names.as_slice() {
             [one] => format!("lungseg checkpoint {one}"),
@@ -837,4 +861,27 @@ fn write<T: ct_io::nii::Voxel>(
     }
     ct_io::write_volume(path, data.view(), geometry)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_is_known_to_have_seen_mirrors_only_when_its_run_mirrored_both_axes() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = dir.path().join("best");
+        let config = dir.path().join(ct_io::layout::RESOLVED_CONFIG_FILE);
+        assert_eq!(trained_with_mirrors(&checkpoint), None, "no record");
+        for (data, mirrored) in [
+            ("flip_lr = true\nflip_ap = true", Some(true)),
+            ("flip_lr = true\nflip_ap = false", Some(false)),
+            // A run from before flip_ap existed.
+            ("flip_lr = true", Some(false)),
+            ("context = 1", Some(false)),
+        ] {
+            std::fs::write(&config, format!("[train]\nepochs = 2\n\n[data]\n{data}\n")).unwrap();
+            assert_eq!(trained_with_mirrors(&checkpoint), mirrored, "{data}");
+        }
+    }
 }

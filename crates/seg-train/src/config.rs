@@ -44,6 +44,10 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     /// Clip the global gradient norm to this (0 = off).
     pub grad_clip: f64,
+    /// Validate and checkpoint an exponential moving average of the weights, updated after
+    /// every step with this decay (0 = off, the reference; 0.999 averages about the last 1000
+    /// steps).
+    pub ema_decay: f64,
     /// Validate every this many epochs (and always after the last).
     pub validate_every: usize,
     /// Probability above which a pixel is tumour, for the validation Dice.
@@ -67,6 +71,7 @@ impl Default for TrainConfig {
             loss: Loss::Bce,
             schedule: Schedule::Constant,
             grad_clip: 0.0,
+            ema_decay: 0.0,
             validate_every: 1,
             threshold: 0.5,
             device: "cpu".into(),
@@ -103,6 +108,9 @@ impl Section for TrainConfig {
         }
         if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
             return Err(Invalid::new("grad_clip", "must be ≥ 0 (0 = off)"));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(Invalid::new("ema_decay", "must be in [0, 1) (0 = off)"));
         }
         if self.validate_every == 0 {
             return Err(Invalid::new("validate_every", "must be at least 1"));

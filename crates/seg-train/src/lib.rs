@@ -8,6 +8,7 @@
 pub mod adam;
 pub mod config;
 pub mod curves;
+pub mod ema;
 pub mod metrics;
 
 use std::collections::HashMap;
@@ -30,9 +31,13 @@ use serde::{Deserialize, Serialize};
 use adam::{Adam, AdamParams};
 use config::{Loss, Schedule, TrainConfig};
 use curves::{Point, write_curves};
+use ema::WeightAverage;
 use metrics::{Overlap, mean_case_dice, pooled_soft_dice};
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// In `last/` of a run with a weight average (`[train] ema_decay`), whose weights file holds the
+/// average: the trained weights themselves, for a resume.
+pub const TRAINED_WEIGHTS_FILE: &str = "trained.safetensors";
 
 /// How a run is started.
 #[derive(Debug, Clone, Default)]
@@ -270,7 +275,7 @@ fn run(
         eps: train_cfg.eps,
         weight_decay: train_cfg.weight_decay,
     };
-    let (model, mut adam, mut progress, mut history) = if options.resume {
+    let (model, mut adam, mut progress, mut history, saved_average) = if options.resume {
         let (model, info, folder) = Model::load_from(&last_dir, device)
             .with_context(|| format!("cannot resume from {}", last_dir.display()))?;
         if info.model != settings.model {
@@ -285,6 +290,23 @@ fn run(
                 last_dir.display()
             )
         })?;
+        // A run saved with a weight average has the average as its weights and the trained ones
+        // beside them.
+        let trained_file = folder.join(TRAINED_WEIGHTS_FILE);
+        let saved_average = if trained_file.is_file() {
+            let average = weight_values(&model)?;
+            let trained =
+                candle_core::safetensors::load(&trained_file, device).with_context(|| {
+                    format!(
+                        "{}: cannot read the trained weights",
+                        trained_file.display()
+                    )
+                })?;
+            model.assign(trained, &trained_file)?;
+            Some(average)
+        } else {
+            None
+        };
         let mut adam = Adam::new(model.trainable_vars(), adam_params)?;
         let state = candle_core::safetensors::load(folder.join(OPTIMIZER_FILE), device)
             .with_context(|| format!("{}: cannot read the optimiser state", folder.display()))?;
@@ -306,7 +328,7 @@ fn run(
                 progress.epochs_done
             ),
         }
-        (model, adam, progress, history)
+        (model, adam, progress, history, saved_average)
     } else {
         if last_dir.exists() {
             bail!(
@@ -321,8 +343,16 @@ fn run(
             fold,
             ..Progress::default()
         };
-        (model, adam, progress, Vec::new())
+        (model, adam, progress, Vec::new(), None)
     };
+    let mut average = if train_cfg.ema_decay > 0.0 {
+        Some(WeightAverage::new(&model, train_cfg.ema_decay)?)
+    } else {
+        None
+    };
+    if let (Some(average), Some(saved)) = (average.as_mut(), saved_average) {
+        average.restore(saved, progress.step)?;
+    }
     std::fs::create_dir_all(&run_dir).with_context(|| format!("{}", run_dir.display()))?;
     write_resolved_config(&run_dir.join(RESOLVED_CONFIG_FILE), settings, manifest)?;
     tracing::info!(
@@ -369,6 +399,9 @@ fn run(
             let grads = loss.backward()?;
             lr = learning_rate(train_cfg, progress.step, total_steps);
             adam.step(&grads, lr, train_cfg.grad_clip)?;
+            if let Some(average) = average.as_mut() {
+                average.update()?;
+            }
             progress.step += 1;
             batches_done += 1;
             loss_sum += value * batch.indices.len() as f64;
@@ -394,7 +427,14 @@ fn run(
                 samples: seen,
                 seconds: train_seconds,
             });
-            save_last(&model, &adam, &progress, &last_dir, &preprocess_json)?;
+            save_last(
+                &model,
+                average.as_ref(),
+                &adam,
+                &progress,
+                &last_dir,
+                &preprocess_json,
+            )?;
             tracing::warn!(
                 "interrupted in epoch {} after batch {batches_done} of {batches_per_epoch}: saved {} \
                  (--resume continues at the next batch)",
@@ -405,7 +445,9 @@ fn run(
         }
         let validate = (epoch + 1) % train_cfg.validate_every == 0 || epoch + 1 == train_cfg.epochs;
         let (val_loss, case_dice, pooled) = if validate && !val_set.is_empty() {
-            validate_epoch(&model, &val_loader, &val_set, train_cfg)?
+            with_kept_weights(average.as_ref(), |_| {
+                validate_epoch(&model, &val_loader, &val_set, train_cfg)
+            })?
         } else {
             (f64::NAN, f64::NAN, f64::NAN)
         };
@@ -439,13 +481,19 @@ fn run(
         if improved {
             progress.best_dice = case_dice.is_finite().then_some(case_dice);
             progress.best_epoch = Some(epoch + 1);
-            model.save(
-                &run_dir.join(BEST),
-                Some(preprocess_json.clone()),
-                serde_json::to_value(&progress)?,
-            )?;
+            let extra = serde_json::to_value(&progress)?;
+            with_kept_weights(average.as_ref(), |_| {
+                model.save(&run_dir.join(BEST), Some(preprocess_json.clone()), extra)
+            })?;
         }
-        save_last(&model, &adam, &progress, &last_dir, &preprocess_json)?;
+        save_last(
+            &model,
+            average.as_ref(),
+            &adam,
+            &progress,
+            &last_dir,
+            &preprocess_json,
+        )?;
         write_metrics(&run_dir.join(METRICS_FILE), &history)?;
         let points: Vec<Point> = history
             .iter()
@@ -470,21 +518,43 @@ fn run(
     })
 }
 
+/// Runs `f` with the weights that validation scores and checkpoints hold in the model: the
+/// average's when there is one (`f` then gets the trained weights), else the trained ones.
+fn with_kept_weights<T>(
+    average: Option<&WeightAverage>,
+    f: impl FnOnce(Option<&HashMap<String, Tensor>>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match average {
+        Some(average) => average.with_averaged(|trained| f(Some(trained))),
+        None => f(None),
+    }
+}
+
 fn save_last(
     model: &Model,
+    average: Option<&WeightAverage>,
     adam: &Adam,
     progress: &Progress,
     dir: &Path,
     preprocess: &serde_json::Value,
 ) -> anyhow::Result<()> {
     let state = adam.state();
-    model.save_with(
-        dir,
-        Some(preprocess.clone()),
-        serde_json::to_value(progress)?,
-        &[(OPTIMIZER_FILE, &state)],
-    )?;
-    Ok(())
+    let extra = serde_json::to_value(progress)?;
+    with_kept_weights(average, |trained| {
+        let mut files = vec![(OPTIMIZER_FILE, &state)];
+        files.extend(trained.map(|t| (TRAINED_WEIGHTS_FILE, t)));
+        model.save_with(dir, Some(preprocess.clone()), extra, &files)?;
+        Ok(())
+    })
+}
+
+/// Every variable's value by name (copies, not views of the variables).
+fn weight_values(model: &Model) -> anyhow::Result<HashMap<String, Tensor>> {
+    model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| Ok((n, v.as_tensor().detach().copy()?)))
+        .collect()
 }
 
 /// The loss of `logits` against `masks` (both `[B, 1, H, W]`).

@@ -109,7 +109,49 @@ fn the_loss_decreases_and_every_epoch_has_finite_metrics() {
 #[test]
 fn two_epochs_straight_equal_one_epoch_resume_one_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path(), "epochs = 2");
+    let runs = straight_equals_resumed(dir.path(), "epochs = 2");
+    let trained = runs
+        .join("split/last")
+        .join(seg_train::TRAINED_WEIGHTS_FILE);
+    assert!(
+        !trained.exists(),
+        "no weight average, no second set of weights"
+    );
+}
+
+#[test]
+fn with_a_weight_average_a_resumed_run_equals_a_straight_one_and_keeps_the_average() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = straight_equals_resumed(dir.path(), "epochs = 2\nema_decay = 0.9");
+    // The checkpoint holds the average, with the trained weights beside it: they differ.
+    let (averaged, _) = Model::load(&runs.join("split/last"), &Device::Cpu).unwrap();
+    let averaged = weights(&averaged).unwrap();
+    let trained = trained_weights(&runs.join("split/last"));
+    let differing = averaged.iter().filter(|(n, a)| trained[*n] != **a).count();
+    assert!(
+        differing > averaged.len() / 2,
+        "{differing} of {} variables differ",
+        averaged.len()
+    );
+}
+
+/// The trained weights saved beside a checkpoint's average, by name.
+fn trained_weights(checkpoint: &Path) -> std::collections::HashMap<String, Vec<f32>> {
+    candle_core::safetensors::load(
+        checkpoint.join(seg_train::TRAINED_WEIGHTS_FILE),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+    .collect()
+}
+
+/// Trains run `straight` for 2 epochs and `split` for 1, resumed for 1 more, with `[train]`
+/// holding `train_section`, asserts they end bit-identical (the trained weights too, when a
+/// weight average keeps them apart) and returns the runs folder.
+fn straight_equals_resumed(dir: &Path, train_section: &str) -> PathBuf {
+    let config = setup(dir, train_section);
     train(
         &load(&config, &["train.run=straight"]),
         &TrainOptions::default(),
@@ -126,7 +168,17 @@ fn two_epochs_straight_equal_one_epoch_resume_one_epoch() {
     };
     let summary = train(&load(&config, &["train.run=split"]), &resumed).unwrap();
     assert_eq!(summary.epochs_done, 2);
-    let runs = dir.path().join("work/runs");
+    let runs = dir.join("work/runs");
+    if runs
+        .join("straight/last")
+        .join(seg_train::TRAINED_WEIGHTS_FILE)
+        .exists()
+    {
+        assert_eq!(
+            trained_weights(&runs.join("straight/last")),
+            trained_weights(&runs.join("split/last"))
+        );
+    }
     let (a, _) = Model::load(&runs.join("straight/last"), &Device::Cpu).unwrap();
     let (b, _) = Model::load(&runs.join("split/last"), &Device::Cpu).unwrap();
     let (wa, wb) = (weights(&a).unwrap(), weights(&b).unwrap());
@@ -141,6 +193,7 @@ fn two_epochs_straight_equal_one_epoch_resume_one_epoch() {
     let straight = read_metrics(&runs.join("straight/metrics.csv")).unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1].train_loss, straight[1].train_loss);
+    assert_eq!(rows[1].val_loss.to_bits(), straight[1].val_loss.to_bits());
     // Resuming a finished run does nothing more; starting it again is refused.
     assert_eq!(
         train(&load(&config, &["train.run=split"]), &resumed)
@@ -154,6 +207,7 @@ fn two_epochs_straight_equal_one_epoch_resume_one_epoch() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
+    runs
 }
 
 /// The demo's recipe in small: augmented patches, 2.5D context, batch norm, BCE + Dice, cosine
@@ -485,6 +539,7 @@ fn bad_train_settings_stop_before_any_work() {
             "model.in_channels: must be 2 x data.context + 1 = 1",
         ),
         ("train.device=\"tpu\"", "train.device"),
+        ("train.ema_decay=1.0", "train.ema_decay: must be in [0, 1)"),
     ] {
         let out = Command::new(bin)
             .arg("--config")
