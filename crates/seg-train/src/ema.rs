@@ -87,11 +87,7 @@ impl WeightAverage {
         &self,
         f: impl FnOnce(&HashMap<String, Tensor>) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        let trained: HashMap<String, Tensor> = self
-            .vars
-            .iter()
-            .map(|(name, var)| Ok((name.clone(), var.as_tensor().detach().copy()?)))
-            .collect::<candle_core::Result<_>>()?;
+        let trained = copies(&self.vars)?;
         for ((_, var), averaged) in self.vars.iter().zip(&self.averaged) {
             var.set(averaged)?;
         }
@@ -101,6 +97,14 @@ impl WeightAverage {
         }
         result
     }
+}
+
+/// The current value of each variable by name: copies, which later updates of the variables
+/// leave as they are.
+pub(crate) fn copies(vars: &[(String, Var)]) -> candle_core::Result<HashMap<String, Tensor>> {
+    vars.iter()
+        .map(|(name, var)| Ok((name.clone(), var.as_tensor().detach().copy()?)))
+        .collect()
 }
 
 #[cfg(test)]

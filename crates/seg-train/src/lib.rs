@@ -294,7 +294,7 @@ fn run(
         // beside them.
         let trained_file = folder.join(TRAINED_WEIGHTS_FILE);
         let saved_average = if trained_file.is_file() {
-            let average = weight_values(&model)?;
+            let average = ema::copies(&model.named_vars())?;
             let trained =
                 candle_core::safetensors::load(&trained_file, device).with_context(|| {
                     format!(
@@ -546,15 +546,6 @@ fn save_last(
         model.save_with(dir, Some(preprocess.clone()), extra, &files)?;
         Ok(())
     })
-}
-
-/// Every variable's value by name (copies, not views of the variables).
-fn weight_values(model: &Model) -> anyhow::Result<HashMap<String, Tensor>> {
-    model
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| Ok((n, v.as_tensor().detach().copy()?)))
-        .collect()
 }
 
 /// The loss of `logits` against `masks` (both `[B, 1, H, W]`).
